@@ -1,0 +1,1 @@
+"""Data preparation for `step()`: validate inputs, tokenise, mask, truncate, collate. Pure functions."""

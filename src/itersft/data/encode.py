@@ -1,0 +1,146 @@
+"""Turn each `step()` input form into `Example`s: tokenise, build labels, mask what must not be learned.
+
+The tokenizer is only called, never configured: truncation and padding are done by this package, so
+the caller's tokenizer is never mutated (TRL 0.23 changed its `truncation_side`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from itersft.data.example import IGNORE_INDEX, Example
+from itersft.data.inputs import InputError
+
+
+class SampleEncoder:
+    """Tokenises text inputs for one model type.
+
+    `add_eos_token` appends EOS to texts, completions and seq2seq targets that lack it, so the model
+    learns to stop.
+    """
+
+    def __init__(self, tokenizer, is_encoder_decoder: bool, add_eos_token: bool):
+        self.tokenizer = tokenizer
+        self.is_encoder_decoder = is_encoder_decoder
+        self.add_eos_token = add_eos_token
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def encode(self, text: str, add_special_tokens: bool = True, append_eos: bool = False) -> list[int]:
+        """Token ids of `text`, with EOS appended when asked and configured and not already there."""
+        ids = list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        return self._with_eos(ids) if append_eos else ids
+
+    def _with_eos(self, ids: list[int]) -> list[int]:
+        if self.add_eos_token and self.eos_token_id is not None and (not ids or ids[-1] != self.eos_token_id):
+            return ids + [self.eos_token_id]
+        return ids
+
+    def from_texts(self, texts: list[str], texts_labels: list[str] | None) -> list[Example]:
+        """Causal: learn every token of each text. Seq2seq: `texts` are sources, `texts_labels` targets.
+
+        For a causal model `texts_labels` may be given only when it tokenises to exactly as many tokens
+        as `texts` (a token-aligned label string); otherwise use `prompts`/`completions`.
+        """
+        if self.is_encoder_decoder:
+            if texts_labels is None:
+                raise InputError("A seq2seq model needs targets: pass `texts_labels` with `texts` "
+                                 "(or `prompts`/`completions`).")
+            return [self._seq2seq(source, target) for source, target in zip(texts, texts_labels)]
+        examples = []
+        for index, text in enumerate(texts):
+            ids = self.encode(text, append_eos=True)
+            labels = ids
+            if texts_labels is not None:
+                labels = self.encode(texts_labels[index], append_eos=True)
+                if len(labels) != len(ids):
+                    raise InputError(
+                        f"`texts_labels[{index}]` tokenises to {len(labels)} tokens but `texts[{index}]` to "
+                        f"{len(ids)}: for a causal LM they must align token for token. To learn only a "
+                        "completion, pass `prompts=` and `completions=` instead."
+                    )
+            examples.append(_causal(ids, labels))
+        return examples
+
+    def from_prompts(self, prompts: list[str], completions: list[str]) -> list[Example]:
+        """Loss on completions only. Causal: prompt then completion in one sequence, prompt masked.
+        Seq2seq: the prompt is the encoder source, the completion the target."""
+        if self.is_encoder_decoder:
+            return [self._seq2seq(prompt, completion) for prompt, completion in zip(prompts, completions)]
+        examples = []
+        for prompt, completion in zip(prompts, completions):
+            prompt_ids = self.encode(prompt)
+            completion_ids = self.encode(completion, add_special_tokens=False, append_eos=True)
+            examples.append(_causal(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids))
+        return examples
+
+    def from_messages(self, conversations: list[list[dict]]) -> list[Example]:
+        """Render each conversation with the tokenizer's chat template; loss on assistant turns only.
+
+        An assistant turn's tokens are found by rendering the conversation up to that turn with the
+        generation prompt and up to the end of the turn: the tokens between the two are the turn. This
+        needs a template whose renderings of prefixes are prefixes of the whole (true of common ones).
+        """
+        if self.is_encoder_decoder:
+            raise InputError("`messages` needs a causal LM with a chat template; for seq2seq pass "
+                             "`prompts`/`completions` or `texts`/`texts_labels`.")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise InputError("`messages` needs a tokenizer with a `chat_template`; this one has none.")
+        return [self._conversation(index, turns) for index, turns in enumerate(conversations)]
+
+    def _conversation(self, index: int, turns: list[dict]) -> Example:
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t for t in turns):
+            raise InputError(f"`messages[{index}]` must be a list of {{'role': ..., 'content': ...}} dicts.")
+        if not any(turn["role"] == "assistant" for turn in turns):
+            raise InputError(f"`messages[{index}]` has no assistant turn: nothing would be learned.")
+        ids = self._render(turns, add_generation_prompt=False)
+        labels = [IGNORE_INDEX] * len(ids)
+        for position, turn in enumerate(turns):
+            if turn["role"] != "assistant":
+                continue
+            start = len(self._render(turns[:position], add_generation_prompt=True)) if position else 0
+            end_ids = self._render(turns[: position + 1], add_generation_prompt=False)
+            if ids[: len(end_ids)] != end_ids:
+                raise InputError(
+                    f"`messages[{index}]`: the chat template does not render turn {position} as a prefix of "
+                    "the conversation, so assistant tokens cannot be located. Use `prompts`/`completions`."
+                )
+            labels[start : len(end_ids)] = ids[start : len(end_ids)]
+        return _causal(ids, labels)
+
+    def _render(self, turns: list[dict], add_generation_prompt: bool) -> list[int]:
+        text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _seq2seq(self, source: str, target: str) -> Example:
+        source_ids = torch.tensor(self.encode(source), dtype=torch.long)
+        target_ids = self._with_eos(list(self.tokenizer(text_target=target)["input_ids"]))
+        return Example(source_ids, torch.ones_like(source_ids), torch.tensor(target_ids, dtype=torch.long))
+
+
+def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Tensor] | None,
+                   labels: list[torch.Tensor] | None, is_encoder_decoder: bool) -> list[Example]:
+    """Build examples from validated tensors.
+
+    Causal: labels default to the input ids with positions whose attention mask is 0 excluded (the
+    mask, not the pad id, decides, so a real EOS equal to the pad token is learned); user labels are
+    used exactly as given. Seq2seq: `labels` are the targets and are required.
+    """
+    if is_encoder_decoder and labels is None:
+        raise InputError("A seq2seq model needs targets: pass `labels` (or `texts_labels`, or "
+                         "`prompts`/`completions`).")
+    examples = []
+    for index, ids in enumerate(input_ids):
+        ids = _on_cpu(ids)
+        mask = torch.ones_like(ids) if attention_mask is None else _on_cpu(attention_mask[index])
+        target = ids.masked_fill(mask == 0, IGNORE_INDEX) if labels is None else _on_cpu(labels[index])
+        examples.append(Example(ids, mask, target))
+    return examples
+
+
+def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", torch.long)
+
+
+def _causal(ids: list[int], labels: list[int]) -> Example:
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    return Example(input_ids, torch.ones_like(input_ids), torch.tensor(labels, dtype=torch.long))

@@ -1,0 +1,33 @@
+"""`Example`: one training sample after tokenisation, as every later stage sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One sample, 1-D tensors.
+
+    Causal LM: `input_ids`, `attention_mask` and `labels` have the same length, and `labels` holds the
+    token to predict at each position *before* the one-position shift the loss applies (-100 = no loss).
+    Seq2seq: `input_ids`/`attention_mask` are the encoder source and `labels` the decoder target.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def num_loss_tokens(self, shifted: bool) -> int:
+        """Tokens that carry loss; for a causal LM the first position never does (nothing predicts it)."""
+        labels = self.labels[1:] if shifted else self.labels
+        return int((labels != IGNORE_INDEX).sum())
+
+    def num_real_tokens(self, is_encoder_decoder: bool) -> int:
+        """Non-padding tokens processed: the source plus, for seq2seq, the target."""
+        real = int(self.attention_mask.sum())
+        return real + len(self.labels) if is_encoder_decoder else real

@@ -1,0 +1,33 @@
+"""Truncation along the sequence axis (never the batch axis, the bug TRL 0.23 shipped)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from itersft.data.example import Example
+
+
+def truncate_sequence(sequence: torch.Tensor, max_length: int | None, mode: str) -> torch.Tensor:
+    """Keep the first (`keep_start`) or last (`keep_end`) `max_length` entries of a 1-D tensor."""
+    if max_length is None or sequence.shape[-1] <= max_length:
+        return sequence
+    return sequence[..., :max_length] if mode == "keep_start" else sequence[..., -max_length:]
+
+
+def truncate_example(example: Example, max_length: int | None, mode: str, is_encoder_decoder: bool) -> Example:
+    """Truncate every tensor of an example consistently.
+
+    Causal: ids, mask and labels are cut together. Seq2seq: the source (ids and mask) and the target
+    (labels) are each cut to `max_length`.
+    """
+    if max_length is None:
+        return example
+    labels = truncate_sequence(example.labels, max_length, mode) if is_encoder_decoder else None
+    return replace(
+        example,
+        input_ids=truncate_sequence(example.input_ids, max_length, mode),
+        attention_mask=truncate_sequence(example.attention_mask, max_length, mode),
+        labels=labels if labels is not None else truncate_sequence(example.labels, max_length, mode),
+    )

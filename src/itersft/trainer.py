@@ -1,0 +1,473 @@
+"""`IterativeSFTTrainer`: supervised fine-tuning driven one `step()` at a time by the caller's loop.
+
+Between two `step()` calls the caller may generate with the model, score and filter the samples, and
+then hand over whatever survived. Each call trains on exactly the samples given:
+
+* the samples are tokenised (texts, prompt/completion pairs or chat messages) or taken as token
+  tensors, truncated along the sequence axis, shuffled reproducibly and cut into micro-batches of
+  `per_device_train_batch_size`;
+* every `gradient_accumulation_steps` micro-batches make one optimizer update, and the last update of
+  a call may use fewer, so no gradient is left pending;
+* the loss of an update is the mean over *all* label tokens of its window, so how the samples are
+  split into micro-batches does not change the gradient;
+* `global_step` counts optimizer updates, and logging, evaluation and checkpointing follow
+  `logging_steps`, `eval_steps` and `save_steps` in those units, at the end of the call.
+
+It subclasses `transformers.Trainer`, so callbacks, `report_to`, `evaluate()`, `save_model()` and
+`push_to_hub()` work as usual. `train()` does not apply: training data arrives through `step()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from typing import Any
+
+import torch
+from accelerate.utils.memory import clear_device_cache
+from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.optimization import get_scheduler
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+
+from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
+from itersft.data import inputs as checks
+from itersft.data.batching import accumulation_windows, shuffled
+from itersft.data.collate import ExampleCollator, collate
+from itersft.data.encode import SampleEncoder, from_token_ids
+from itersft.data.eval_dataset import tokenize_eval_dataset
+from itersft.data.example import Example
+from itersft.data.truncate import truncate_example
+from itersft.loss import summed_token_loss
+from itersft.model_loading import (
+    is_encoder_decoder,
+    is_tokenizer_like,
+    load_model,
+    load_tokenizer,
+    text_tokenizer,
+)
+from itersft.step_stats import StepStats
+
+logger = logging.getLogger(__name__)
+
+# `state.max_steps` when no horizon is set: large enough that DefaultFlowCallback never ends training.
+NO_HORIZON = 2**62
+
+
+class IterativeSFTTrainer(Trainer):
+    """Fine-tune a causal or seq2seq LM on samples handed to `step()` one call at a time.
+
+    Args:
+        model: a `PreTrainedModel` (or `PeftModel`), or a hub id / local path, loaded as a causal or
+            seq2seq LM according to its config, with `args.model_init_kwargs`.
+        args: `IterativeSFTConfig` or plain `TrainingArguments`. None: defaults that work on CPU and GPU.
+            A tokenizer given here (the `IterativeSFTTrainer(model, tokenizer)` quickstart) is taken as
+            the tokenizer.
+        tokenizer: tokenizer or processor; loaded from the model's name when not given. Never modified.
+        optimizers: `(optimizer, lr_scheduler)`; either may be None to get the default.
+        data_collator: collator for `evaluate()` (`step()` batches its own samples).
+        eval_dataset: a `datasets.Dataset` (or dict of them) with `input_ids` (and optionally
+            `attention_mask`, `labels`), or with text columns: `text` (+ `text_label` for seq2seq),
+            `prompt` + `completion`, or `messages`; text columns are tokenised as `step()` would.
+        max_length, truncation_mode, optimize_device_cache: as the `IterativeSFTConfig` fields of the
+            same name; setting one here and differently in `args` is an error.
+        preprocess_logits_for_metrics, compute_metrics: as in `transformers.Trainer`, for `evaluate()`.
+        processing_class: TRL 0.23's name for `tokenizer`; give one or the other.
+        peft_config: a `peft` config; the model is wrapped and only the adapters train.
+        callbacks: extra `TrainerCallback`s; their step hooks fire once per optimizer update.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        tokenizer=None,
+        optimizers: tuple = (None, None),
+        data_collator=None,
+        eval_dataset=None,
+        max_length: int | None = None,
+        truncation_mode: str = "keep_end",
+        preprocess_logits_for_metrics=None,
+        compute_metrics=None,
+        optimize_device_cache: bool = False,
+        *,
+        processing_class=None,
+        peft_config=None,
+        callbacks=None,
+    ):
+        if is_tokenizer_like(args):
+            if tokenizer is not None or processing_class is not None:
+                raise ValueError("A tokenizer was given both in second position (`args`) and as "
+                                 "`tokenizer`/`processing_class`: give it once.")
+            tokenizer, args = args, None
+        if tokenizer is not None and processing_class is not None:
+            raise ValueError("Both `tokenizer` and `processing_class` were given: they are the same argument "
+                             "(`processing_class` is TRL 0.23's name). Give one.")
+        tokenizer = tokenizer if tokenizer is not None else processing_class
+        args, settings = _resolve_settings(args, max_length, truncation_mode, optimize_device_cache)
+        if model is None:
+            raise ValueError("`model` is required: a PreTrainedModel, or a hub id or local path to load.")
+        model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
+        init_kwargs = getattr(args, "model_init_kwargs", None)
+        if model_name is not None:
+            model = load_model(model_name, init_kwargs)
+        elif init_kwargs:
+            raise ValueError("`model_init_kwargs` only applies when `model` is a hub id or path; the model "
+                             "given is already built. Drop `model_init_kwargs` or pass the model's name.")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model, model_name)
+        if peft_config is not None:
+            model = _wrap_with_peft(model, peft_config)
+        if args.gradient_checkpointing:
+            _enable_gradient_checkpointing(model, args)
+
+        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.max_length = settings["max_length"]
+        self.truncation_mode = settings["truncation_mode"]
+        self.optimize_device_cache = settings["optimize_device_cache"]
+        self.shuffle_samples = settings["shuffle_samples"]
+        words = text_tokenizer(tokenizer)
+        self.encoder = SampleEncoder(words, self.is_encoder_decoder, settings["add_eos_token"])
+        self.pad_token_id = _pad_token_id(words, model)
+        self.vocab_size = model.get_input_embeddings().num_embeddings
+        if eval_dataset is not None:
+            eval_dataset = tokenize_eval_dataset(eval_dataset, self.encoder, self._finish_examples)
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator or ExampleCollator(self.pad_token_id, self.is_encoder_decoder),
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # step() is called from the user's own loop: tqdm bars and printed logs belong to the caller.
+        self.remove_callback(ProgressCallback)
+        self.remove_callback(PrinterCallback)
+        self._callbacks_started = False
+        self._prepare_optimization()
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def _prepare_optimization(self) -> None:
+        """Create the optimizer and LR schedule now (so `trainer.optimizer` exists) and prepare them.
+
+        With `max_steps` set the configured schedule runs over that horizon; unset, the LR is constant
+        after warmup (TRL 0.23 decayed to zero over a zero-length horizon, so nothing trained).
+        """
+        args = self.args
+        horizon = args.max_steps if args.max_steps > 0 else None
+        for name in ("logging_steps", "eval_steps", "save_steps", "warmup_steps"):
+            value = getattr(args, name, None)
+            if horizon is None and value is not None and 0 < value < 1:
+                raise ValueError(f"`{name}`={value} is a fraction of the training horizon, but `max_steps` is "
+                                 "not set. Give a whole number of updates or set `max_steps`.")
+        self.state.max_steps = horizon or NO_HORIZON
+        self.state.compute_steps(args, self.state.max_steps)
+        self.state.train_batch_size = args.per_device_train_batch_size
+        if self.optimizer is None:
+            self.create_optimizer()
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.lr_scheduler is None:
+            if horizon is not None:
+                self.create_scheduler(num_training_steps=horizon, optimizer=self.optimizer)
+            else:
+                if args.lr_scheduler_type not in ("linear", "constant", "constant_with_warmup"):
+                    logger.warning("`lr_scheduler_type`=%s needs a horizon: set `max_steps`. Using a constant LR "
+                                   "after warmup.", args.lr_scheduler_type)
+                self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
+                                                  num_warmup_steps=int(args.warmup_steps))
+        for name in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, name, getattr(self, name))
+
+    def train(self, *args, **kwargs):
+        """Not supported: an iterative trainer receives its data through `step()`."""
+        raise NotImplementedError(
+            "IterativeSFTTrainer trains through step(): call `trainer.step(texts=...)` (or input_ids=, "
+            "prompts=/completions=, messages=) from your loop, or use `itersft.loop.ExpertIteration`."
+        )
+
+    # ---- step ---------------------------------------------------------------------------------
+
+    def step(
+        self,
+        input_ids: list[torch.Tensor] | None = None,
+        attention_mask: list[torch.Tensor] | None = None,
+        labels: list[torch.Tensor] | None = None,
+        texts: list[str] | None = None,
+        texts_labels: list[str] | None = None,
+        *,
+        prompts: list[str] | None = None,
+        completions: list[str] | None = None,
+        messages: list[list[dict[str, str]]] | None = None,
+    ) -> dict[str, Any]:
+        """Optimise on the given samples and return statistics.
+
+        Give one input form: `input_ids` (list of 1-D integer tensors, with optional per-sample
+        `attention_mask` and `labels`, -100 = no loss), `texts` (list of str, with `texts_labels` as
+        the targets for seq2seq), `prompts` + `completions` (loss on completions only), or `messages`
+        (chat conversations; loss on assistant turns only).
+
+        Returns a dict: `loss` (mean token loss of the updates taken), `learning_rate`, `grad_norm`
+        (mean pre-clip norm), `updates`, `skipped_updates` (non-finite loss or gradient),
+        `samples`, `skipped_samples` (no label token), `trained_tokens`, `total_tokens` (real
+        tokens processed), `padded_tokens` (including padding), `step_time`, `tokens_per_second`,
+        `global_step`.
+        """
+        stats = StepStats()
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "texts": texts,
+                 "texts_labels": texts_labels, "prompts": prompts, "completions": completions,
+                 "messages": messages}
+        examples = self._finish_examples(self._encode(given))
+        trainable = [e for e in examples if e.num_loss_tokens(shifted=not self.is_encoder_decoder) > 0]
+        stats.samples, stats.skipped_samples = len(trainable), len(examples) - len(trainable)
+        if stats.skipped_samples:
+            logger.warning("step(): skipped %d of %d samples with no label token left to learn (all -100, "
+                           "or truncated away).", stats.skipped_samples, len(examples))
+        if self.shuffle_samples:
+            trainable = shuffled(trainable, self.args.seed, self.state.global_step)
+        if not self._callbacks_started:
+            self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
+            self._callbacks_started = True
+        self.model_wrapped.train()
+        pending = {"should_log": False, "should_evaluate": False, "should_save": False}
+        for window in accumulation_windows(trainable, self.args.per_device_train_batch_size,
+                                           self.args.gradient_accumulation_steps):
+            self._update(window, stats)
+            for flag in pending:
+                pending[flag] = pending[flag] or getattr(self.control, flag)
+        result = stats.as_dict(self.state.global_step)
+        self._log_evaluate_save(result, pending)
+        if self.optimize_device_cache:
+            clear_device_cache(garbage_collection=True)
+        return result
+
+    def _encode(self, given: dict[str, Any]) -> list[Example]:
+        """Validate the raw input of `step()` and turn it into examples; all problems raise at once."""
+        form = checks.detect_form(given)
+        problems: list[str] = []
+        lists = {name: checks.as_list(name, given[name], problems) for name in checks.FORMS[form]}
+        checks.check_lengths(lists, problems)
+        if form == "tokens" and lists["input_ids"] is not None:
+            checks.check_token_tensors("input_ids", lists["input_ids"], self.vocab_size, problems)
+            for name, allow in (("attention_mask", False), ("labels", True)):
+                if lists[name] is not None:
+                    checks.check_token_tensors(name, lists[name], None if name == "attention_mask" else
+                                               self.vocab_size, problems, allow_ignore_index=allow)
+                    if not self.is_encoder_decoder or name == "attention_mask":
+                        checks.check_same_shapes(name, lists[name], "input_ids", lists["input_ids"], problems)
+        elif form in ("texts", "prompts"):
+            for name, values in lists.items():
+                if values is not None:
+                    checks.check_strings(name, values, problems)
+            if form == "prompts" and (lists["prompts"] is None) != (lists["completions"] is None):
+                problems.append("`prompts` and `completions` go together: give both, one completion per prompt.")
+        checks.raise_if(problems)
+        if form == "tokens":
+            return from_token_ids(lists["input_ids"], lists["attention_mask"], lists["labels"],
+                                  self.is_encoder_decoder)
+        if form == "texts":
+            return self.encoder.from_texts(lists["texts"], lists["texts_labels"])
+        if form == "prompts":
+            return self.encoder.from_prompts(lists["prompts"], lists["completions"])
+        return self.encoder.from_messages(lists["messages"])
+
+    def _finish_examples(self, examples: list[Example]) -> list[Example]:
+        """Truncate every example along the sequence axis to `max_length`."""
+        return [truncate_example(e, self.max_length, self.truncation_mode, self.is_encoder_decoder)
+                for e in examples]
+
+    def _update(self, window: list[list[Example]], stats: StepStats) -> None:
+        """Forward/backward every micro-batch of one window, then take (or skip) one optimizer update."""
+        model = self.model_wrapped
+        shift = not self.is_encoder_decoder
+        window_tokens = sum(e.num_loss_tokens(shift) for batch in window for e in batch)
+        self.control = self.callback_handler.on_step_begin(self.args, self.state, self.control)
+        loss_sum = torch.zeros((), device=self.args.device)
+        for index, batch_examples in enumerate(window):
+            batch = {k: v.to(self.args.device) for k, v in
+                     collate(batch_examples, self.pad_token_id, self.is_encoder_decoder).items()}
+            stats.real_tokens += sum(e.num_real_tokens(self.is_encoder_decoder) for e in batch_examples)
+            stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if not shift else 0)
+            last = index == len(window) - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+            with sync, self.compute_loss_context_manager():
+                loss = self._summed_loss(model, batch)
+                self.accelerator.backward(loss / window_tokens)
+            loss_sum += loss.detach()
+            if not last:
+                self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
+        max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+        loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
+        if not (torch.isfinite(torch.tensor(loss_value)) and torch.isfinite(torch.tensor(norm_value))):
+            model.zero_grad(set_to_none=True)
+            stats.skipped_updates += 1
+            logger.warning("step(): skipped an optimizer update: non-finite %s (loss sum %s, grad norm %s). "
+                           "The weights were not changed.", "loss" if not torch.isfinite(torch.tensor(loss_value))
+                           else "gradient", loss_value, norm_value)
+            return
+        self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
+        self.optimizer.step()
+        self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
+        learning_rate = self._get_learning_rate()
+        self.lr_scheduler.step()
+        model.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        self.state.num_input_tokens_seen += sum(e.num_real_tokens(self.is_encoder_decoder)
+                                                for batch in window for e in batch)
+        stats.record_update(loss_value, window_tokens, norm_value, learning_rate)
+        self.control = self.callback_handler.on_step_end(self.args, self.state, self.control)
+        if self.state.global_step == self.args.max_steps + 1:
+            logger.warning("global_step passed `max_steps`=%d: the LR schedule's horizon is over.", self.args.max_steps)
+
+    def _summed_loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed token loss of one micro-batch (the caller divides by the window's token count)."""
+        if not self.is_encoder_decoder:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            return summed_token_loss(logits, batch["labels"], shift=True)
+        base = self.accelerator.unwrap_model(self.model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        if hasattr(base, "prepare_decoder_input_ids_from_labels"):
+            decoder = {"decoder_input_ids": base.prepare_decoder_input_ids_from_labels(labels=batch["labels"])}
+        else:  # the model shifts the labels itself; its own loss is ignored
+            decoder = {"labels": batch["labels"]}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                       **decoder).logits
+        return summed_token_loss(logits, batch["labels"], shift=False)
+
+    def _log_evaluate_save(self, result: dict[str, Any], pending: dict[str, bool]) -> None:
+        """Act on the log/eval/save requests that the updates of this call raised."""
+        if pending["should_log"]:
+            self.log({k: float(v) for k, v in result.items() if v is not None and k != "global_step"})
+        if pending["should_evaluate"] and self.eval_dataset is not None:
+            self.evaluate()
+        if pending["should_save"]:
+            self._save_checkpoint(self.model_wrapped, trial=None)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-<global_step>` atomically: into a hidden folder, then renamed into place.
+
+        Holds the model (or adapters), optimizer, scheduler, RNG states and trainer state; a crash
+        mid-write leaves no half-written checkpoint that resuming could pick up.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        staging = os.path.join(run_dir, f".staging-checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.store_flos()
+        self.save_model(staging, _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def resume_from_checkpoint(self, checkpoint: str | bool = True) -> str | None:
+        """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint folder.
+
+        `True` picks the latest `checkpoint-*` in `args.output_dir` and returns None when there is none
+        (a fresh start); a path must exist. Returns the folder resumed from.
+        """
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            if checkpoint is None:
+                return None
+        if not os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)):
+            raise ValueError(f"`checkpoint`={checkpoint!r} is not a checkpoint folder (no {TRAINER_STATE_NAME}).")
+        self._load_from_checkpoint(checkpoint)
+        self._load_optimizer_and_scheduler(checkpoint)
+        self._load_scaler(checkpoint)
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        state.is_local_process_zero = self.is_local_process_zero()
+        state.is_world_process_zero = self.is_world_process_zero()
+        self.state = state
+        self._load_callback_state()
+        self._load_rng_state(checkpoint)
+        return checkpoint
+
+    def end(self) -> None:
+        """Close the run: fire `on_train_end` (flushes TensorBoard and other trackers), end trackers."""
+        if self._callbacks_started:
+            self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        super().end()
+
+
+def _resolve_settings(args, max_length, truncation_mode, optimize_device_cache) -> tuple[TrainingArguments, dict]:
+    """The config to use and the iterative-SFT settings merged from it and the constructor.
+
+    A plain `TrainingArguments` gets `IterativeSFTConfig`'s defaults for the fields it lacks. A setting
+    given differently in the constructor and in `args` is an error, not a silent choice. `args` is
+    not modified.
+    """
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"`truncation_mode` must be one of {TRUNCATION_MODES}, got {truncation_mode!r}.")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"`max_length` must be a positive int or None, got {max_length!r}.")
+    if args is None:
+        args = IterativeSFTConfig()
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"`args` must be an IterativeSFTConfig or TrainingArguments, got {type(args).__name__}.")
+    problems = []
+    configured = getattr(args, "max_length", None)
+    if max_length is not None and configured is not None and max_length != configured:
+        problems.append(f"`max_length` is {max_length} here but {configured} in `args`")
+    configured_mode = getattr(args, "truncation_mode", "keep_end")
+    if truncation_mode != "keep_end" and configured_mode != "keep_end" and truncation_mode != configured_mode:
+        problems.append(f"`truncation_mode` is {truncation_mode!r} here but {configured_mode!r} in `args`")
+    if problems:
+        raise ValueError("Conflicting settings: " + "; ".join(problems) + ". Set each in one place.")
+    return args, {
+        "max_length": max_length if max_length is not None else configured,
+        "truncation_mode": truncation_mode if truncation_mode != "keep_end" else configured_mode,
+        "optimize_device_cache": optimize_device_cache or getattr(args, "optimize_device_cache", False),
+        "shuffle_samples": getattr(args, "shuffle_samples", True),
+        "add_eos_token": getattr(args, "add_eos_token", True),
+    }
+
+
+def _pad_token_id(tokenizer, model) -> int:
+    """The id used to pad batches; its positions never carry loss, so any valid id is correct."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, getattr(model.config, "pad_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _wrap_with_peft(model, peft_config):
+    """Wrap the model with adapters from `peft_config`; only the adapters will train."""
+    try:
+        from peft import PeftModel, get_peft_model
+    except ImportError as error:
+        raise ImportError("`peft_config` needs the peft package: pip install 'itersft[peft]'.") from error
+    if isinstance(model, PeftModel):
+        raise ValueError("The model is already a PeftModel and `peft_config` was also given: give one.")
+    return get_peft_model(model, peft_config)
+
+
+def _enable_gradient_checkpointing(model, args: TrainingArguments) -> None:
+    """Apply `gradient_checkpointing` (TRL 0.23 accepted it and never applied it)."""
+    kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
