@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
+from itersft.checkpoint import atomic_directory
 from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
 from itersft.data import inputs as checks
 from itersft.data.batching import accumulation_windows, shuffled
@@ -175,16 +177,33 @@ class IterativeSFTTrainer(Trainer):
             self.create_optimizer()
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self.lr_scheduler is None:
-            if horizon is not None:
-                self.create_scheduler(num_training_steps=horizon, optimizer=self.optimizer)
-            else:
-                if args.lr_scheduler_type not in ("linear", "constant", "constant_with_warmup"):
-                    logger.warning("`lr_scheduler_type`=%s needs a horizon: set `max_steps`. Using a constant LR "
-                                   "after warmup.", args.lr_scheduler_type)
-                self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
-                                                  num_warmup_steps=int(args.warmup_steps))
+            self._create_schedule()
         for name in ("model", "optimizer", "lr_scheduler"):
             setattr(self.callback_handler, name, getattr(self, name))
+
+    def _create_schedule(self) -> None:
+        args = self.args
+        if args.max_steps > 0:
+            self.create_scheduler(num_training_steps=args.max_steps, optimizer=self.optimizer)
+            return
+        if args.lr_scheduler_type not in ("linear", "constant", "constant_with_warmup"):
+            logger.warning("`lr_scheduler_type`=%s needs a horizon: set `max_steps`. Using a constant LR after "
+                           "warmup.", args.lr_scheduler_type)
+        self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
+                                          num_warmup_steps=int(args.warmup_steps))
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's moments and restart the LR schedule (warmup included).
+
+        For loops that start each round with a fresh optimizer, a common choice when the data
+        distribution shifts between rounds. `global_step` keeps counting.
+        """
+        self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        self.lr_scheduler = None
+        self._create_schedule()
+        self.callback_handler.lr_scheduler = self.lr_scheduler
 
     def train(self, *args, **kwargs):
         """Not supported: an iterative trainer receives its data through `step()`."""
@@ -355,33 +374,31 @@ class IterativeSFTTrainer(Trainer):
     # ---- checkpoints --------------------------------------------------------------------------
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-<global_step>` atomically: into a hidden folder, then renamed into place.
-
-        Holds the model (or adapters), optimizer, scheduler, RNG states and trainer state; a crash
-        mid-write leaves no half-written checkpoint that resuming could pick up.
-        """
+        """Write `checkpoint-<global_step>` atomically and rotate old ones (`save_total_limit`)."""
         run_dir = self._get_output_dir(trial=trial)
-        final = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-        staging = os.path.join(run_dir, f".staging-checkpoint-{self.state.global_step}")
-        if self.args.should_save and os.path.isdir(staging):
-            shutil.rmtree(staging)
-        self.accelerator.wait_for_everyone()
-        self.store_flos()
-        self.save_model(staging, _internal_call=True)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(staging)
-            self._save_scaler(staging)
-            self._save_rng_state(staging)
+        self.save_checkpoint(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"))
         if self.args.should_save:
-            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(staging, final)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-        self.accelerator.wait_for_everyone()
+
+    def save_checkpoint(self, directory: str | os.PathLike, extra: Callable[[Path], None] | None = None) -> None:
+        """Write a full checkpoint to `directory`, atomically.
+
+        Holds the model (or adapters), optimizer, scheduler, RNG states and trainer state: everything
+        `resume_from_checkpoint` needs. `extra(staging_dir)` may add files (the loop adds its own state)
+        before the folder is renamed into place. Every process must call it.
+        """
+        with atomic_directory(directory, self.args.should_save, self.accelerator.wait_for_everyone) as staging:
+            self.store_flos()
+            self.save_model(str(staging), _internal_call=True)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(str(staging))
+                self._save_scaler(str(staging))
+                self._save_rng_state(str(staging))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+                if extra is not None:
+                    extra(staging)
 
     def resume_from_checkpoint(self, checkpoint: str | bool = True) -> str | None:
         """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint folder.

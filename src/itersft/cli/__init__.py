@@ -1,0 +1,1 @@
+"""The `itersft` command line: thin wrappers over the library (see `main.py`)."""

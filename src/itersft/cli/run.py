@@ -1,0 +1,34 @@
+"""`itersft run CONFIG`: the loop on your model, prompts and scorer. Rerunning resumes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from itersft.cli import run_config
+from itersft.cli.table import RoundTable
+
+
+def main(args) -> int:
+    from transformers import AutoTokenizer
+
+    from itersft import IterativeSFTTrainer
+    from itersft.loop.expert_iteration import ExpertIteration
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = run_config.load_config(args.config)
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+    prompts, meta = run_config.read_prompts("prompts", config["prompts"])
+    eval_prompts, eval_meta = (run_config.read_prompts("eval_prompts", config["eval_prompts"])
+                               if config.get("eval_prompts") else (None, None))
+    labelled = run_config.read_labelled(config["labelled"]) if config.get("labelled") else None
+    tokenizer = AutoTokenizer.from_pretrained(config.get("tokenizer") or config["model"])
+    trainer = IterativeSFTTrainer(config["model"], run_config.build_training_args(config), tokenizer=tokenizer,
+                                  peft_config=run_config.build_peft(config), callbacks=[RoundTable(sys.stdout)])
+    loop_config = run_config.build_loop(config)
+    loop = ExpertIteration(trainer, run_config.build_sampling(config), config["scorer"],
+                           run_config.build_filter(config), loop_config, labelled=labelled)
+    history = loop.run(prompts, meta, eval_prompts=eval_prompts, eval_meta=eval_meta)
+    print(f"done: {len(history)} rounds in {loop_config.output_dir} (metrics.jsonl, curves.png, final/)")
+    return 0

@@ -1,0 +1,10 @@
+"""Arguments of `itersft run` (kept import-light for a fast `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML or JSON run config; see examples/expert_iteration.yaml.")
+    parser.add_argument("--output-dir", default=None, help="Override the config's `output_dir`.")

@@ -1,0 +1,128 @@
+"""Read an `itersft run` config (YAML or JSON) and build the loop's parts from it.
+
+Every section is checked against the fields of the object it configures; an unknown key is an
+error naming the section, the key and the accepted keys, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itersft.config import IterativeSFTConfig
+from itersft.loop import filters as filter_module
+from itersft.loop.expert_iteration import LoopConfig
+from itersft.loop.sampler import SamplingConfig
+from itersft.loop.samples import Sample
+
+SECTIONS = {"model", "tokenizer", "output_dir", "prompts", "eval_prompts", "labelled", "scorer", "filters",
+            "sampling", "loop", "training", "peft"}
+FILTERS = {"threshold": filter_module.Threshold, "best_of_k": filter_module.BestOfK,
+           "top_percent": filter_module.TopPercent, "drop_uniform_prompts": filter_module.DropUniformPrompts,
+           "dedup": filter_module.Dedup}
+SOURCE_KEYS = {"path", "dataset", "name", "split", "prompt_field", "completion_field", "meta_fields", "limit"}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Parse the file (YAML is a superset of JSON) and check its top-level keys."""
+    text = Path(path).read_text()
+    config = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the config must be a mapping of sections, got {type(config).__name__}.")
+    _check_keys("config", config, SECTIONS)
+    for required in ("model", "output_dir", "prompts", "scorer"):
+        if required not in config:
+            raise ValueError(f"{path}: `{required}` is required.")
+    return config
+
+
+def build_dataclass(section: str, cls, values: dict[str, Any] | None, **fixed):
+    """Instantiate `cls` from a config section, rejecting keys it has no field for."""
+    values = dict(values or {})
+    _check_keys(section, values, {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed))
+    return cls(**values, **fixed)
+
+
+def build_training_args(config: dict[str, Any]) -> IterativeSFTConfig:
+    values = {"report_to": "none", "save_strategy": "no", **(config.get("training") or {})}
+    return build_dataclass("training", IterativeSFTConfig, values,
+                           output_dir=str(Path(config["output_dir"]) / "trainer"))
+
+
+def build_sampling(config: dict[str, Any]) -> SamplingConfig:
+    return build_dataclass("sampling", SamplingConfig, config.get("sampling"))
+
+
+def build_loop(config: dict[str, Any]) -> LoopConfig:
+    return build_dataclass("loop", LoopConfig, config.get("loop"), output_dir=config["output_dir"])
+
+
+def build_filter(config: dict[str, Any]):
+    """`filters` is a list of one-key mappings, applied in order, e.g. `[{threshold: 1.0}, {dedup: {}}]`."""
+    specs = config.get("filters") or [{"threshold": 1.0}]
+    built = []
+    for spec in specs:
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ValueError(f"`filters` entries are one-key mappings like {{threshold: 1.0}}, got {spec!r}.")
+        (name, arguments), = spec.items()
+        if name not in FILTERS:
+            raise ValueError(f"`filters`: unknown filter {name!r}; choose from {sorted(FILTERS)}.")
+        cls = FILTERS[name]
+        built.append(cls(**arguments) if isinstance(arguments, dict) else cls(arguments))
+    return built[0] if len(built) == 1 else filter_module.Compose(*built)
+
+
+def build_peft(config: dict[str, Any]):
+    if not config.get("peft"):
+        return None
+    from peft import LoraConfig
+
+    return build_dataclass("peft", LoraConfig, config["peft"])
+
+
+def read_prompts(section: str, spec: dict[str, Any]) -> tuple[list[str], list[dict]]:
+    """Prompts and per-prompt metadata from a JSONL file (`path`) or a `datasets` dataset."""
+    rows = _read_rows(section, spec)
+    field = spec.get("prompt_field", "prompt")
+    meta_fields = spec.get("meta_fields", ["answer"])
+    prompts, meta = [], []
+    for number, row in enumerate(rows):
+        if field not in row:
+            raise ValueError(f"`{section}` row {number} has no `{field}` field (set `prompt_field`).")
+        prompts.append(str(row[field]))
+        meta.append({name: row[name] for name in meta_fields if name in row})
+    return prompts, meta
+
+
+def read_labelled(spec: dict[str, Any]) -> list[Sample]:
+    """Labelled (prompt, completion) pairs to mix into training."""
+    rows = _read_rows("labelled", spec)
+    prompt_field, completion_field = spec.get("prompt_field", "prompt"), spec.get("completion_field", "completion")
+    return [Sample(prompt=str(row[prompt_field]), completion=str(row[completion_field]), prompt_index=i,
+                   sample_index=0) for i, row in enumerate(rows)]
+
+
+def _read_rows(section: str, spec: dict[str, Any]) -> list[dict]:
+    if not isinstance(spec, dict):
+        raise ValueError(f"`{section}` must be a mapping with `path` (JSONL) or `dataset`.")
+    _check_keys(section, spec, SOURCE_KEYS)
+    if "path" in spec:
+        lines = Path(spec["path"]).read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    elif "dataset" in spec:
+        from datasets import load_dataset
+
+        rows = list(load_dataset(spec["dataset"], spec.get("name"), split=spec.get("split", "train")))
+    else:
+        raise ValueError(f"`{section}` needs `path` (a JSONL file) or `dataset` (a datasets name or path).")
+    return rows[: spec["limit"]] if spec.get("limit") else rows
+
+
+def _check_keys(section: str, values: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"`{section}`: unknown key(s) {unknown}; accepted: {sorted(allowed)}.")

@@ -1,0 +1,1 @@
+"""The generate -> score -> filter -> train loop, built from small parts the caller can swap."""

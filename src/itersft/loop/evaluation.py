@@ -1,0 +1,52 @@
+"""Held-out evaluation for the loop: greedy accuracy, and pass@1 / pass@k from k samples per prompt."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from itersft.loop.metrics import pass_at_k
+from itersft.loop.sampler import Sampler, SamplingConfig
+from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
+
+# Eval draws use their own round indices so they never repeat the training rounds' samples.
+EVAL_ROUND_OFFSET = 1_000_000
+
+
+def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[str],
+                     meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
+                     progress: bool = False) -> dict[str, Any]:
+    """Score the model on held-out prompts.
+
+    `eval_accuracy`: the share of prompts whose greedy completion scores at least `pass_score`
+    (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
+    from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
+    """
+    scorer = resolve_scorer(scorer)
+    greedy = Sampler(model, tokenizer, replace(sampling, num_samples=1, temperature=0.0))
+    samples = greedy.sample(prompts, EVAL_ROUND_OFFSET + round_index, meta=meta, progress=progress)
+    score_samples(scorer, samples)
+    metrics: dict[str, Any] = {"eval_accuracy": _share_passing(samples, pass_score)}
+    if num_samples > 0:
+        sampler = Sampler(model, tokenizer, replace(sampling, num_samples=num_samples))
+        drawn = sampler.sample(prompts, EVAL_ROUND_OFFSET + round_index, meta=meta, progress=progress)
+        score_samples(scorer, drawn)
+        by_prompt: dict[int, list[bool]] = {}
+        for sample in drawn:
+            by_prompt.setdefault(sample.prompt_index, []).append(_passes(sample, pass_score))
+        metrics["eval_pass@1"] = _mean([pass_at_k(len(c), sum(c), 1) for c in by_prompt.values()])
+        metrics["eval_pass@k"] = _mean([pass_at_k(len(c), sum(c), num_samples) for c in by_prompt.values()])
+    return metrics
+
+
+def _passes(sample, pass_score: float) -> bool:
+    return sample.score is not None and sample.score >= pass_score
+
+
+def _share_passing(samples, pass_score: float) -> float:
+    return _mean([_passes(s, pass_score) for s in samples])
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,373 @@
+"""Draw k completions per prompt from the model being trained, reproducibly per sample.
+
+Every random draw for sample `j` of prompt `i` in round `r` comes from its own `torch.Generator`, seeded
+from a stable hash of `(seed, r, i, j)`. Prompts are sorted by token length before batching (a batch then
+pads little), so which prompts share a batch, the batch size, the prompt order, and later which rank
+samples a prompt must not change what is drawn; a per-row generator makes that true by construction.
+
+How: `model.generate` runs *greedy* decoding with one extra logits processor, `_RowwiseSampler`, last in
+the list. For each row it applies temperature, top-k and top-p, draws one token by inverse-CDF from a
+uniform out of that row's generator, and returns scores that are `-inf` except at the drawn token, so
+greedy's argmax takes exactly that token. Everything else (left-padded batching, KV cache, EOS handling,
+padding of finished rows, stop strings) stays with `generate`.
+
+Deliberately left out: beam search, chat templating (prompts arrive formatted), prompt truncation, and
+sharing one prefill between the k samples of a prompt (each is its own row, as `num_return_sequences`
+does). Reproducibility is exact as far as the forward pass is batch-invariant: logits that differ in the
+last bits between batch shapes (common in bf16 on GPU) can move a draw across a token boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from itersft.loop.samples import Sample
+
+logger = logging.getLogger(__name__)
+
+# Extra uniforms per row beyond `max_new_tokens`: `generate` may run a step or two past the last token
+# when it defers its stop check; what those steps draw is discarded.
+_SPARE_DRAWS = 4
+
+# Fields of the model's own `generation_config` that would reshape the distribution we sample from.
+# `generate` fills every field we leave `None` from the model's config, so these are pinned to neutral
+# values. Structural fields (decoder_start_token_id, forced_bos_token_id, suppress_tokens) are kept.
+_NEUTRAL_GENERATION = {
+    "do_sample": False,
+    "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,  # not `min_length`: setting both makes generate warn on every call
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": None,
+    "forced_eos_token_id": None,
+    "renormalize_logits": False,
+    "output_scores": False,
+    "output_logits": False,
+    "return_dict_in_generate": False,
+}
+
+
+@dataclass
+class SamplingConfig:
+    """How the sampler draws completions.
+
+    Attributes:
+        num_samples: completions drawn per prompt (k).
+        max_new_tokens: the most tokens generated per completion.
+        temperature: softmax temperature; 0 means greedy decoding (the k samples are then identical).
+        top_p: nucleus sampling, keep the smallest set of tokens with this much probability; 1 = off.
+        top_k: keep only the k most likely tokens; 0 = off.
+        batch_size: prompts per `generate` call (each contributes `num_samples` rows).
+        seed: base seed; with the round, prompt index and sample index it fixes every draw.
+        stop_strings: optional strings that end a completion; the completion is cut before the first one.
+    """
+
+    num_samples: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 16
+    seed: int = 0
+    stop_strings: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"`{name}` must be an integer >= 1, got {value!r}; set it to 1 or more.")
+
+        for name in ("num_samples", "max_new_tokens", "batch_size"):
+            positive_int(name)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
+            0.0 <= self.temperature < float("inf")
+        ):
+            problems.append(
+                f"`temperature` must be a finite number >= 0, got {self.temperature!r}; use 0 for greedy "
+                "decoding or e.g. 1.0 for plain sampling."
+            )
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not (
+            0.0 < self.top_p <= 1.0
+        ):
+            problems.append(
+                f"`top_p` must be in (0, 1], got {self.top_p!r}; use 1.0 to turn nucleus sampling off."
+            )
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            problems.append(f"`top_k` must be an integer >= 0, got {self.top_k!r}; use 0 to turn top-k off.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            problems.append(f"`seed` must be an integer, got {self.seed!r}.")
+        if self.stop_strings is not None and (
+            not isinstance(self.stop_strings, (list, tuple))
+            or not all(isinstance(s, str) and s for s in self.stop_strings)
+        ):
+            problems.append(
+                f"`stop_strings` must be None or a list of non-empty strings, got {self.stop_strings!r}; "
+                "e.g. ['\\n\\nQuestion:']."
+            )
+        if problems:
+            raise ValueError("Invalid SamplingConfig:\n  - " + "\n  - ".join(problems))
+        if self.stop_strings is not None:
+            self.stop_strings = list(self.stop_strings)
+
+
+def sample_seed(seed: int, round_index: int, prompt_index: int, sample_index: int) -> int:
+    """The generator seed of one sample: a stable 63-bit hash of its coordinates (same on every process).
+
+    Python's `hash()` is salted per process, so it would give each rank different samples.
+    """
+    key = f"itersft-sample:{seed}:{round_index}:{prompt_index}:{sample_index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def warp_scores(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Apply temperature, then top-k, then top-p to (rows, vocab) logits; dropped tokens get -inf."""
+    scores = scores / temperature
+    vocab = scores.shape[-1]
+    if 0 < top_k < vocab:
+        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth_best, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        sorted_probs = sorted_scores.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold `top_p` of the mass; the first is kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_scores = sorted_scores.masked_fill(mass_before >= top_p, float("-inf"))
+        scores = torch.empty_like(scores).scatter_(-1, order, sorted_scores)
+    return scores
+
+
+class _RowwiseSampler(LogitsProcessor):
+    """Draws each row's next token from that row's own generator; greedy decoding then takes it.
+
+    Each row gets a stream of uniforms from a CPU `torch.Generator` (so a CPU test and a CUDA rank draw
+    the same numbers), one per decoding step, turned into a token by inverse-CDF on the warped
+    distribution. This is `torch.multinomial(probs, 1, generator=g)` in distribution, but vectorised over
+    rows: one kernel per step instead of one `multinomial` call per row.
+    """
+
+    def __init__(self, seeds: list[int], steps: int, config: SamplingConfig, device: torch.device):
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        uniforms = torch.stack([torch.rand(steps + _SPARE_DRAWS, generator=g) for g in generators])
+        self.uniforms = uniforms.to(device)
+        self.config = config
+        self.step = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # Row r of `scores` is row r of the batch we built: `generate` never reorders rows without beams.
+        assert scores.shape[0] == self.uniforms.shape[0], "generate changed the number of rows"
+        column = min(self.step, self.uniforms.shape[1] - 1)
+        self.step += 1
+        cfg = self.config
+        probs = warp_scores(scores.float(), cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        # Scale by the row's total so float error in the cumsum cannot push the target past the end.
+        target = self.uniforms[:, column : column + 1].to(cdf.dtype) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+
+
+class Sampler:
+    """Draws `config.num_samples` completions per prompt from `model` (causal or seq2seq, PEFT or not).
+
+    The caller's tokenizer is only read (padding is done here, on the left); a tokenizer without a pad
+    token pads with EOS. The model is put in eval mode for sampling and every module's previous mode
+    is restored afterwards, also when generation raises.
+    """
+
+    def __init__(self, model, tokenizer, config: SamplingConfig | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config if config is not None else SamplingConfig()
+        if not isinstance(self.config, SamplingConfig):
+            raise TypeError(f"`config` must be a SamplingConfig, got {type(self.config).__name__}.")
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError(
+                "The tokenizer has neither a pad token nor an EOS token; set `tokenizer.pad_token`."
+            )
+        self.pad_token_id = pad
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+
+    def sample(self, prompts: list[str], round_index: int, meta: list[dict] | None = None,
+               prompt_offset: int = 0, progress: bool = False) -> list[Sample]:
+        """Draw `num_samples` completions per prompt, returned ordered by (prompt_index, sample_index).
+
+        `prompt_index` is `prompt_offset` + the prompt's position in `prompts` (so a shard of a round's
+        prompts keeps the indices, and therefore the samples, it has in the whole list). `meta[i]` is
+        shallow-copied into every sample of prompt i. `completion` is the decoded text up to (excluding)
+        EOS or the first stop string; `completion_ids` are the generated ids *without* the EOS and
+        without padding (with a stop string: the longest prefix whose decode is a prefix of
+        `completion`); `finished` says EOS or a stop string was produced.
+        """
+        self._check_arguments(prompts, round_index, meta, prompt_offset)
+        if not prompts:
+            return []
+        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        empty = [i for i, ids in enumerate(encoded) if len(ids) == 0]
+        if empty:
+            raise ValueError(f"Prompts at positions {empty[:10]} tokenize to no tokens; remove or fill them.")
+        # Longest first: a batch of similar lengths pads little, and an out-of-memory error shows up early.
+        order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+        batches = [order[start : start + self.config.batch_size]
+                   for start in range(0, len(order), self.config.batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"sampling round {round_index}", unit="batch")
+
+        results: dict[int, list[Sample]] = {}
+        with _eval_mode(self.model), torch.no_grad():
+            for batch in batches:
+                for position, samples in zip(batch, self._sample_batch(batch, encoded, round_index,
+                                                                      prompt_offset), strict=True):
+                    prompt_meta = meta[position] if meta is not None else {}
+                    for s in samples:
+                        s.prompt = prompts[position]
+                        s.meta = dict(prompt_meta)
+                    results[position] = samples
+        return [s for position in range(len(prompts)) for s in results[position]]
+
+    def _sample_batch(self, batch: list[int], encoded: list[list[int]], round_index: int,
+                      prompt_offset: int) -> list[list[Sample]]:
+        """Generate for the prompts at positions `batch`: a list of k samples per prompt, in `batch` order."""
+        cfg = self.config
+        greedy = cfg.temperature == 0
+        # Greedy draws the same completion k times: generate it once and copy it.
+        rows_per_prompt = 1 if greedy else cfg.num_samples
+        device = _model_device(self.model)
+        input_ids, attention_mask = self._left_pad([encoded[i] for i in batch], device)
+        input_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
+        attention_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
+
+        processors = LogitsProcessorList()
+        if not greedy:
+            seeds = [sample_seed(cfg.seed, round_index, prompt_offset + position, j)
+                     for position in batch for j in range(rows_per_prompt)]
+            processors.append(_RowwiseSampler(seeds, cfg.max_new_tokens, cfg, device))
+        generation_config = GenerationConfig(
+            **_NEUTRAL_GENERATION,
+            max_new_tokens=cfg.max_new_tokens,
+            use_cache=True,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids or None,
+            stop_strings=cfg.stop_strings,
+        )
+        extra = {"tokenizer": self.tokenizer} if cfg.stop_strings else {}
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            logits_processor=processors,
+            **extra,
+        )
+        # Causal LMs return prompt + completion; seq2seq returns the decoder start token + completion.
+        generated = output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
+        logger.debug("sampled %d rows x %d prompt tokens -> %d new tokens", *input_ids.shape,
+                     generated.shape[1])
+
+        grouped = []
+        for b, position in enumerate(batch):
+            samples = []
+            for j in range(cfg.num_samples):
+                row = generated[b * rows_per_prompt + (0 if greedy else j)].tolist()
+                text, ids, finished = self._finish(row)
+                samples.append(Sample(prompt="", completion=text, prompt_index=prompt_offset + position,
+                                      sample_index=j, completion_ids=ids, finished=finished))
+            grouped.append(samples)
+        return grouped
+
+    def _left_pad(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad token id lists into (ids, attention_mask); done here so the tokenizer is never mutated."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(device), mask.to(device)
+
+    def _finish(self, row: list[int]) -> tuple[str, list[int], bool]:
+        """Cut one generated row at EOS (everything after it is padding) and at the first stop string."""
+        eos = set(self.eos_token_ids)
+        end = next((t for t, token in enumerate(row) if token in eos), None)
+        finished = end is not None
+        ids = row if end is None else row[:end]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        hits = [text.find(s) for s in self.config.stop_strings or ()]
+        hits = [h for h in hits if h >= 0]
+        if not hits:
+            return text, ids, finished
+        text = text[: min(hits)]
+        # A token may straddle the stop string; keep the ids whose text lies wholly inside the completion.
+        n = len(ids)
+        while n > 0 and not text.startswith(self.tokenizer.decode(ids[:n], skip_special_tokens=True)):
+            n -= 1
+        return text, ids[:n], True
+
+    def _check_arguments(self, prompts, round_index, meta, prompt_offset) -> None:
+        problems = []
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            problems.append("`prompts` must be a list of strings.")
+        if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
+            problems.append(f"`round_index` must be an integer >= 0, got {round_index!r}.")
+        if isinstance(prompt_offset, bool) or not isinstance(prompt_offset, int) or prompt_offset < 0:
+            problems.append(f"`prompt_offset` must be an integer >= 0, got {prompt_offset!r}.")
+        if meta is not None:
+            if not isinstance(meta, (list, tuple)) or not all(isinstance(m, dict) for m in meta):
+                problems.append("`meta` must be None or a list of dicts, one per prompt.")
+            elif isinstance(prompts, (list, tuple)) and len(meta) != len(prompts):
+                problems.append(f"`meta` has {len(meta)} entries but there are {len(prompts)} prompts; "
+                                "pass one dict per prompt.")
+        if problems:
+            raise ValueError("Invalid Sampler.sample arguments:\n  - " + "\n  - ".join(problems))
+
+
+def _eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus any the model's generation config names (chat models add end-of-turn)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(model_eos, int):
+        model_eos = [model_eos]
+    for token in model_eos or []:
+        if token not in ids:
+            ids.append(int(token))
+    return ids
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """Eval mode inside; afterwards every module's own previous train/eval flag is restored, even on error.
+
+    Restoring per module (not `model.train(was_training)`) keeps submodules a caller froze in eval mode
+    frozen. Gradients are turned off by the caller with `torch.no_grad()`, not `inference_mode`: buffers
+    a model creates lazily during generation (e.g. rotary caches) must stay usable in training later.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode

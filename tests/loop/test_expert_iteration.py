@@ -1,0 +1,202 @@
+"""The loop end to end on a toy model: artefacts, round policies, and resume after kill -9.
+
+The base model is the toy causal LM briefly taught to answer "x" or "y" and stop (so completions
+finish and some are correct); the scorer is exact match against a per-prompt answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+from itersft.loop.filters import Threshold
+from itersft.loop.sampler import SamplingConfig
+from itersft.loop.samples import Sample
+
+PROMPTS = [f"q{i}:" for i in range(12)]
+ANSWERS = ["x" if i % 2 else "y" for i in range(12)]
+TIMING_KEYS = {"sampling_seconds", "sampling_tokens_per_second", "training_seconds", "training_tokens_per_second",
+               "round_seconds"}
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, causal_dir):
+    """The toy model after 40 updates on 'q:' -> 'x'/'y' + EOS: it samples short, finished answers."""
+    directory = tmp_path_factory.mktemp("base")
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(causal_dir)
+    trainer = IterativeSFTTrainer(model, IterativeSFTConfig(output_dir=str(directory / "t"), report_to="none",
+                                                            learning_rate=3e-2, save_strategy="no"), tokenizer)
+    for _ in range(40):
+        trainer.step(prompts=PROMPTS, completions=[("x", "y")[i % 3 == 0] for i in range(12)])
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _loop(base_dir, run_dir, labelled=None, **loop_options):
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    config = IterativeSFTConfig(output_dir=str(run_dir / "trainer"), report_to="none", learning_rate=1e-2,
+                                per_device_train_batch_size=4, save_strategy="no", seed=3)
+    trainer = IterativeSFTTrainer(model, config, tokenizer)
+    options = dict(output_dir=str(run_dir), rounds=2, prompts_per_round=6, step_size=8, seed=3)
+    options.update(loop_options)
+    sampling = SamplingConfig(num_samples=3, max_new_tokens=4, temperature=1.0, seed=3)
+    return ExpertIteration(trainer, sampling, "exact_match", Threshold(1.0), LoopConfig(**options), labelled=labelled)
+
+
+def _meta():
+    return [{"answer": a} for a in ANSWERS]
+
+
+def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
+    loop = _loop(base_dir, tmp_path)
+    history = loop.run(PROMPTS, _meta(), eval_prompts=PROMPTS[:4], eval_meta=_meta()[:4])
+
+    assert [m["round"] for m in history] == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "trainer"])
+    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round-0000", "round-0001"]
+    round_files = {p.name for p in (tmp_path / "rounds" / "round-0001").iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+            "loop_state.json", "loop_config.json"} <= round_files
+    assert "buffer.json" not in round_files  # no buffer configured
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [0, 1]
+    for m in history:
+        assert m["samples_drawn"] == 6 * 3
+        assert m["samples_kept"] == sum(1 for _ in _accepted(tmp_path, m["round"])) + m["samples_unfinished"]
+        assert m["train_samples"] == m["samples_kept"] - m["samples_unfinished"]
+        assert 0.0 <= m["eval_accuracy"] <= 1.0
+        assert {"acceptance_rate", "kept_reward_mean", "distinct_2", "pass@1", "pass@k", "train_loss"} <= m.keys()
+    # Round 1 samples a fresh slice of prompts.
+    assert {s["prompt_index"] for s in _accepted(tmp_path, 1)} <= set(range(6, 12))
+    assert all(s["score"] == 1.0 for r in (0, 1) for s in _accepted(tmp_path, r))
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert all(torch.equal(p, q) for p, q in zip(final.state_dict().values(), loop.trainer.model.state_dict().values()))
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert any("loop/eval_accuracy" in entry for entry in loop.trainer.state.log_history)
+
+
+def test_restart_from_base_trains_each_round_from_the_initial_weights(tmp_path, base_dir):
+    """A filter that keeps nothing: with restart_from_base, weights return to the base each round."""
+    loop = _loop(base_dir, tmp_path, restart_from_base=True)
+    loop.filter = lambda samples: []
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        for p in loop.trainer.model.parameters():  # drift away from the base before the loop starts
+            p.add_(0.01)
+    loop._base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    loop.run(PROMPTS, _meta())
+    assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(), loop.trainer.model.state_dict().values()))
+
+
+def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_dir):
+    labelled = [Sample(prompt=p, completion=a, prompt_index=i, sample_index=0) for i, (p, a)
+                in enumerate(zip(PROMPTS, ANSWERS))]
+    loop = _loop(base_dir, tmp_path, labelled=labelled, buffer_capacity=None, replay_samples=2, labelled_ratio=0.5)
+    history = loop.run(PROMPTS, _meta())
+    first, second = history
+    kept_first = first["samples_kept"] - first["samples_unfinished"]
+    kept_second = second["samples_kept"] - second["samples_unfinished"]
+    assert first["train_samples"] == 2 * kept_first  # no buffer yet; labelled = generated at ratio 0.5
+    assert second["train_samples"] == 2 * (kept_second + min(2, kept_first))
+    assert len(loop.buffer) == kept_first + kept_second
+    assert (tmp_path / "rounds" / "round-0001" / "buffer.json").exists()
+
+
+def test_reset_optimizer_clears_its_state_each_round(tmp_path, base_dir):
+    loop = _loop(base_dir, tmp_path, rounds=1, reset_optimizer=True)
+    loop.trainer.step(prompts=PROMPTS, completions=ANSWERS)
+    assert len(loop.trainer.optimizer.state) > 0
+    loop.filter = lambda samples: []
+    loop.run(PROMPTS, _meta())
+    assert len(loop.trainer.optimizer.state) == 0
+
+
+def _accepted(run_dir: Path, round_index: int):
+    path = run_dir / "accepted" / f"round-{round_index:04d}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
+    prompts = directory / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(PROMPTS, ANSWERS)))
+    config = {
+        "model": str(base_dir), "output_dir": str(run_dir), "prompts": {"path": str(prompts)},
+        "eval_prompts": {"path": str(prompts), "limit": 4}, "scorer": "exact_match",
+        "filters": [{"threshold": 1.0}, {"dedup": {}}],
+        "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 5},
+        "loop": {"rounds": 4, "prompts_per_round": 6, "step_size": 6, "seed": 5, "buffer_capacity": 50,
+                 "replay_samples": 2},
+        "training": {"learning_rate": 0.01, "per_device_train_batch_size": 2, "seed": 5},
+    }
+    path = directory / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run_cli(config: Path, **popen):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "itersft.cli.main", "run", str(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _comparable(run_dir: Path):
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    accepted = {p.name: p.read_text() for p in sorted((run_dir / "accepted").iterdir())}
+    weights = AutoModelForCausalLM.from_pretrained(run_dir / "final").state_dict()
+    return metrics, accepted, weights
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, base_dir):
+    """`itersft run` on the toy config, start to finish."""
+    directory = tmp_path_factory.mktemp("reference")
+    reference = _run_cli(_write_run_config(directory, base_dir, directory / "run"))
+    output, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, output
+    return _comparable(directory / "run")
+
+
+@pytest.mark.parametrize("kill_after_round", [0, 2])
+def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, base_dir, uninterrupted_run, kill_after_round):
+    """Killed right after round k's checkpoint lands (mid-way through round k + 1), then rerun."""
+    killed_dir = tmp_path / "killed"
+
+    config = _write_run_config(tmp_path, base_dir, killed_dir)
+    process = _run_cli(config)
+    marker = killed_dir / "rounds" / f"round-{kill_after_round:04d}"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "final").exists()
+
+    resumed = _run_cli(config)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "Resuming after round" in output
+
+    expected_metrics, expected_accepted, expected_weights = uninterrupted_run
+    metrics, accepted, weights = _comparable(killed_dir)
+    assert metrics == expected_metrics
+    assert accepted == expected_accepted
+    for name, tensor in expected_weights.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)

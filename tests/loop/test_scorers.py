@@ -1,0 +1,200 @@
+"""Scorers and `score_samples`: numeric extraction cases, per-sample fallback, validation of results."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from itersft.loop.samples import Sample
+from itersft.loop.scorers import (
+    BUILTIN_SCORERS,
+    ScoringReport,
+    exact_match,
+    extract_number,
+    numeric_answer,
+    regex_match,
+    resolve_scorer,
+    score_samples,
+)
+
+
+def make(completions, answers=None, prompt="p"):
+    return [
+        Sample(
+            prompt=prompt,
+            completion=c,
+            prompt_index=i,
+            sample_index=0,
+            meta={} if answers is None else {"answer": answers[i]},
+        )
+        for i, c in enumerate(completions)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 42.", 42.0),
+        ("first 3 then 7", 7.0),
+        ("It costs $1,234 in total", 1234.0),
+        ("1,234,567.89", 1234567.89),
+        ("temperature is -5 degrees", -5.0),
+        ("5-3=2", 2.0),
+        ("see pages 10-12", 12.0),  # a hyphen between numbers is not a minus sign
+        ("x = 3.25", 3.25),
+        ("half is .5", 0.5),
+        ("list: 1,2,3", 3.0),
+        ("step 1: 48/2 = 24\n#### 72", 72.0),
+        ("#### 72\nThat is why 10 apples", 72.0),  # the marked answer wins over later numbers
+        ("#### -1,000", -1000.0),
+        ("#### none\nbut 9", 9.0),  # marker without a number: fall back to the last number
+        ("no digits here", None),
+        ("", None),
+    ],
+)
+def test_extract_number(text, expected):
+    assert extract_number(text) == expected
+
+
+def test_exact_match_strips_and_stringifies():
+    assert exact_match(["p"] * 3, [" yes\n", "no", "7"], answer=["yes", "yes", 7]) == [1.0, 0.0, 1.0]
+
+
+def test_exact_match_rejects_misaligned_answer():
+    with pytest.raises(ValueError, match="`answer`"):
+        exact_match(["p", "p"], ["a", "b"], answer=["a"])
+
+
+def test_numeric_answer():
+    completions = ["so 1,234", "it is 12", "no number", "#### 0.1", "3.0000001", "-7"]
+    answers = [1234, "12.0", 5, "x #### 0.1", 3, "-7"]
+    scores = numeric_answer(["p"] * 6, completions, answer=answers)
+    assert scores == [1.0, 1.0, None, 1.0, 1.0, 1.0]
+    assert numeric_answer(["p"], ["3.0001"], answer=[3]) == [0.0]  # outside relative 1e-6
+    assert numeric_answer(["p"], ["1e-12 is 0.000000000001"], answer=[0]) == [0.0]
+
+
+def test_numeric_answer_rejects_reference_without_number():
+    with pytest.raises(ValueError, match="no number"):
+        numeric_answer(["p"], ["1"], answer=["unknown"])
+
+
+def test_regex_match_with_and_without_group():
+    plain = regex_match(r"\bfinal\b")
+    assert plain(["p", "p"], ["the final one", "finally"]) == [1.0, 0.0]
+    grouped = regex_match(r"Answer: (\w+)")
+    completions = ["Answer: Paris", "Answer: Rome", "Paris"]
+    assert grouped(["p"] * 3, completions, answer=["Paris", "Paris", "Paris"]) == [1.0, 0.0, 0.0]
+    assert grouped(["p"] * 3, completions) == [1.0, 1.0, 0.0]  # no answer: format check only
+    assert "Answer" in grouped.__name__
+
+
+def test_regex_match_rejects_bad_pattern():
+    with pytest.raises(ValueError, match="`pattern`"):
+        regex_match("(unclosed")
+
+
+def test_resolve_scorer_forms():
+    assert resolve_scorer("numeric_answer") is numeric_answer
+    assert resolve_scorer(exact_match) is exact_match
+    assert resolve_scorer("itersft.loop.scorers:exact_match") is exact_match
+    assert resolve_scorer("math:isclose") is math.isclose
+    assert set(BUILTIN_SCORERS) == {"exact_match", "numeric_answer"}
+
+
+@pytest.mark.parametrize("spec", ["nope", "no_such_module_xyz:f", "math:no_such_function", "math:pi", 3])
+def test_resolve_scorer_errors_name_argument_and_value(spec):
+    with pytest.raises(ValueError, match="`scorer`") as info:
+        resolve_scorer(spec)
+    assert repr(spec) in str(info.value) or str(spec) in str(info.value)
+
+
+def test_score_samples_sets_scores_and_passes_meta():
+    samples = make(["42", "41", "none"], answers=[42, 42, 42])
+    report = score_samples(numeric_answer, samples)
+    assert [s.score for s in samples] == [1.0, 0.0, None]
+    assert report == ScoringReport(scored=2, unscorable=1, errors=0, invalid=0, first_error=None)
+
+
+def test_score_samples_missing_meta_key_is_none():
+    seen = {}
+
+    def scorer(prompts, completions, answer, **_):
+        seen["answer"] = answer
+        return [0.0] * len(completions)
+
+    samples = make(["a", "b"], answers=[1, 2])
+    samples[1].meta = {}
+    score_samples(scorer, samples)
+    assert seen["answer"] == [1, None]
+
+
+def test_one_bad_sample_is_isolated(caplog):
+    calls = []
+
+    def scorer(prompts, completions, **_):
+        calls.append(len(completions))
+        if "boom" in completions:
+            raise KeyError("boom")
+        return [float(len(c)) for c in completions]
+
+    samples = make(["a", "boom", "ccc"])
+    with caplog.at_level(logging.WARNING, logger="itersft.loop.scorers"):
+        report = score_samples(scorer, samples)
+    assert [s.score for s in samples] == [1.0, None, 3.0]
+    assert (report.scored, report.unscorable, report.errors) == (2, 1, 1)
+    assert "KeyError" in report.first_error and "boom" in report.first_error
+    assert calls == [3, 1, 1, 1]  # one batch call, then one call per sample
+    assert any("raised on 1 of 3 samples" in r.getMessage() for r in caplog.records)
+
+
+def test_fail_fast_propagates_with_scorer_and_prompt_index():
+    def picky(prompts, completions, **_):
+        if "boom" in completions:
+            raise ZeroDivisionError("bad sample")
+        return [1.0] * len(completions)
+
+    samples = make(["a", "b", "boom"])
+    with pytest.raises(RuntimeError, match=r"picky.*prompt_index=2") as info:
+        score_samples(picky, samples, fail_fast=True)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_fail_fast_batch_only_failure():
+    def batch_only(prompts, completions, **_):
+        if len(completions) > 1:
+            raise MemoryError("batch too big")
+        return [1.0]
+
+    with pytest.raises(RuntimeError, match="none of them alone"):
+        score_samples(batch_only, make(["a", "b"]), fail_fast=True)
+
+
+@pytest.mark.parametrize("result", [[1.0], [1.0, 1.0, 1.0], "11"])
+def test_wrong_length_or_type_raises(result):
+    with pytest.raises(ValueError, match="scorer"):
+        score_samples(lambda prompts, completions, **_: result, make(["a", "b"]))
+
+
+def test_invalid_values_become_unscorable():
+    values = [1, True, "0.5", float("nan"), float("inf"), None, [1.0], 0.25]
+    samples = make([str(i) for i in range(len(values))])
+    report = score_samples(lambda prompts, completions, **_: values, samples)
+    assert [s.score for s in samples] == [1.0, 1.0, None, None, None, None, None, 0.25]
+    assert (report.scored, report.unscorable, report.invalid, report.errors) == (3, 5, 4, 0)
+
+
+def test_scores_are_overwritten_not_left_stale():
+    samples = make(["x"])
+    samples[0].score = 1.0
+    score_samples(lambda prompts, completions, **_: [None], samples)
+    assert samples[0].score is None
+
+
+def test_empty_batch_does_not_call_scorer():
+    def never(*args, **kwargs):
+        raise AssertionError("called")
+
+    assert score_samples(never, []) == ScoringReport()
