@@ -200,3 +200,14 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, base_dir, un
     assert accepted == expected_accepted
     for name, tensor in expected_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_the_example_config_runs(tmp_path, base_dir):
+    """`itersft run examples/expert_iteration.yaml`, on the toy model, from the repository root."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "run", "examples/expert_iteration.yaml",
+                             "--model", str(base_dir), "--output-dir", str(tmp_path / "run")],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round" in result.stdout and "eval acc" in result.stdout
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3

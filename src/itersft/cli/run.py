@@ -17,8 +17,9 @@ def main(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = run_config.load_config(args.config)
-    if args.output_dir:
-        config["output_dir"] = args.output_dir
+    for key in ("output_dir", "model"):
+        if getattr(args, key):
+            config[key] = getattr(args, key)
     prompts, meta = run_config.read_prompts("prompts", config["prompts"])
     eval_prompts, eval_meta = (run_config.read_prompts("eval_prompts", config["eval_prompts"])
                                if config.get("eval_prompts") else (None, None))

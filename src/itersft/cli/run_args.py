@@ -8,3 +8,4 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config; see examples/expert_iteration.yaml.")
     parser.add_argument("--output-dir", default=None, help="Override the config's `output_dir`.")
+    parser.add_argument("--model", default=None, help="Override the config's `model` (hub id or local path).")
