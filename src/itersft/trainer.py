@@ -75,7 +75,8 @@ class IterativeSFTTrainer(Trainer):
             `attention_mask`, `labels`), or with text columns: `text` (+ `text_label` for seq2seq),
             `prompt` + `completion`, or `messages`; text columns are tokenised as `step()` would.
         max_length, truncation_mode, optimize_device_cache: as the `IterativeSFTConfig` fields of the
-            same name; setting one here and differently in `args` is an error.
+            same name; setting one here and differently in `args` is an error. Left at their defaults
+            (`None`, `"keep_end"`, `False`) they defer to `args`.
         preprocess_logits_for_metrics, compute_metrics: as in `transformers.Trainer`, for `evaluate()`.
         processing_class: TRL 0.23's name for `tokenizer`; give one or the other.
         peft_config: a `peft` config; the model is wrapped and only the adapters train.
@@ -123,7 +124,7 @@ class IterativeSFTTrainer(Trainer):
             tokenizer = load_tokenizer(model, model_name)
         if peft_config is not None:
             model = _wrap_with_peft(model, peft_config)
-        if args.gradient_checkpointing:
+        if _wants_checkpointing(args):
             _enable_gradient_checkpointing(model, args)
 
         self.is_encoder_decoder = is_encoder_decoder(model)
@@ -482,9 +483,24 @@ def _wrap_with_peft(model, peft_config):
     return get_peft_model(model, peft_config)
 
 
+def _wants_checkpointing(args: TrainingArguments) -> bool:
+    """`activation_checkpointing` (transformers 5) or its deprecated alias `gradient_checkpointing`."""
+    return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False))
+
+
 def _enable_gradient_checkpointing(model, args: TrainingArguments) -> None:
-    """Apply `gradient_checkpointing` (TRL 0.23 accepted it and never applied it)."""
-    kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    """Apply activation checkpointing (TRL 0.23 accepted `gradient_checkpointing` and never applied it).
+
+    Re-entrant checkpointing is off by default: it needs inputs that require grad, which frozen
+    embeddings (PEFT) do not provide.
+    """
+    kwargs = dict(getattr(args, "activation_checkpointing_kwargs", None)
+                  or getattr(args, "gradient_checkpointing_kwargs", None) or {"use_reentrant": False})
+    every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None,
+                                              every_n_layers=every_n_layers, offload=offload)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
