@@ -53,41 +53,43 @@ def build_tokenizer(pad_is_eos: bool = False) -> PreTrainedTokenizerFast:
 
 def build_causal_lm(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_layers: int = 2,
                     seed: int = 0, **overrides):
-    """A Llama-style decoder with random weights, sized by `hidden_size` and `num_layers`."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=max(1, hidden_size // 16),
-        num_key_value_heads=max(1, hidden_size // 16),
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+    """A Llama-style decoder with random weights, sized by `hidden_size` and `num_layers`.
+
+    `overrides` replace any `LlamaConfig` value set here (e.g. `num_attention_heads=2`)."""
+    config = LlamaConfig(**{
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": max(1, hidden_size // 16),
+        "num_key_value_heads": max(1, hidden_size // 16),
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": True,
         **overrides,
-    )
+    })
     return _seeded(AutoModelForCausalLM.from_config, config, seed)
 
 
 def build_seq2seq_lm(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_layers: int = 2,
                      seed: int = 0, **overrides):
     """A T5-style encoder-decoder with random weights."""
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=hidden_size,
-        d_kv=16,
-        d_ff=hidden_size * 2,
-        num_layers=num_layers,
-        num_decoder_layers=num_layers,
-        num_heads=max(1, hidden_size // 16),
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
+    config = T5Config(**{
+        "vocab_size": len(tokenizer),
+        "d_model": hidden_size,
+        "d_kv": 16,
+        "d_ff": hidden_size * 2,
+        "num_layers": num_layers,
+        "num_decoder_layers": num_layers,
+        "num_heads": max(1, hidden_size // 16),
+        "dropout_rate": 0.0,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
         **overrides,
-    )
+    })
     return _seeded(AutoModelForSeq2SeqLM.from_config, config, seed)
 
 

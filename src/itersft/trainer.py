@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,13 +38,14 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from itersft.checkpoint import atomic_directory
 from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
 from itersft.data import inputs as checks
-from itersft.data.batching import accumulation_windows, shuffled
+from itersft.data.batching import accumulation_windows, by_length, shuffled
 from itersft.data.collate import ExampleCollator, collate
 from itersft.data.encode import SampleEncoder, from_token_ids
 from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
+from itersft.data.packing import supports_packing
 from itersft.data.truncate import truncate_example
-from itersft.loss import summed_token_loss
+from itersft.loss import causal_summed_loss, label_positions, summed_token_loss
 from itersft.model_loading import (
     is_encoder_decoder,
     is_tokenizer_like,
@@ -308,11 +310,20 @@ class IterativeSFTTrainer(Trainer):
         model = self.model_wrapped
         shift = not self.is_encoder_decoder
         window_tokens = sum(e.num_loss_tokens(shift) for batch in window for e in batch)
+        # The window's loss is a mean over all its label tokens, so regrouping its samples by length (less
+        # padding) or packing them (none) leaves the update unchanged; `batching="padded"` does neither.
+        batching = getattr(self.args, "batching", "sorted")
+        if batching != "padded":
+            window = by_length(window, (lambda e: len(e.input_ids)) if shift else
+                               (lambda e: (len(e.input_ids), len(e.labels))))
+        packed = batching == "packed" and shift and supports_packing(self.model)
         self.control = self.callback_handler.on_step_begin(self.args, self.state, self.control)
         loss_sum = torch.zeros((), device=self.args.device)
         for index, batch_examples in enumerate(window):
-            batch = {k: v.to(self.args.device) for k, v in
-                     collate(batch_examples, self.pad_token_id, self.is_encoder_decoder).items()}
+            host = collate(batch_examples, self.pad_token_id, self.is_encoder_decoder, packed)
+            if shift:  # label positions found on the host: the device never reports a count back
+                host["loss_positions"], host["loss_targets"] = label_positions(host["labels"])
+            batch = {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
             stats.real_tokens += sum(e.num_real_tokens(self.is_encoder_decoder) for e in batch_examples)
             stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if not shift else 0)
             last = index == len(window) - 1
@@ -326,11 +337,11 @@ class IterativeSFTTrainer(Trainer):
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else float("inf")
         grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(model.parameters(), max_norm))
         loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
-        if not (torch.isfinite(torch.tensor(loss_value)) and torch.isfinite(torch.tensor(norm_value))):
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             model.zero_grad(set_to_none=True)
             stats.skipped_updates += 1
             logger.warning("step(): skipped an optimizer update: non-finite %s (loss sum %s, grad norm %s). "
-                           "The weights were not changed.", "loss" if not torch.isfinite(torch.tensor(loss_value))
+                           "The weights were not changed.", "loss" if not math.isfinite(loss_value)
                            else "gradient", loss_value, norm_value)
             return
         self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
@@ -350,8 +361,7 @@ class IterativeSFTTrainer(Trainer):
     def _summed_loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed token loss of one micro-batch (the caller divides by the window's token count)."""
         if not self.is_encoder_decoder:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            return summed_token_loss(logits, batch["labels"], shift=True)
+            return causal_summed_loss(self.model, model, batch, self.accelerator.autocast)
         base = self.accelerator.unwrap_model(self.model)
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         if hasattr(base, "prepare_decoder_input_ids_from_labels"):

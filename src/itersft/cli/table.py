@@ -6,7 +6,7 @@ from transformers import TrainerCallback
 
 COLUMNS = (("round", "round", "{:>5.0f}"), ("samples_drawn", "drawn", "{:>6.0f}"), ("samples_kept", "kept", "{:>6.0f}"),
            ("acceptance_rate", "accept", "{:>6.2f}"), ("train_loss", "loss", "{:>6.3f}"),
-           ("distinct_2", "dist-2", "{:>6.2f}"), ("eval_accuracy", "eval acc", "{:>8.3f}"),
+           ("distinct_1", "dist-1", "{:>6.2f}"), ("eval_accuracy", "eval acc", "{:>8.3f}"),
            ("round_seconds", "secs", "{:>6.1f}"))
 
 

@@ -73,24 +73,29 @@ class RunDirectory:
             plot_curves(state["history"], self.root / "curves.png")
 
 
-CURVES = (("eval_accuracy", "held-out accuracy"), ("acceptance_rate", "acceptance rate"),
-          ("train_loss", "train loss"), ("distinct_2", "distinct-2 of kept"))
+# One panel per entry: (title, metric keys drawn on it).
+CURVES = (("held-out accuracy", ("eval_accuracy",)), ("acceptance rate", ("acceptance_rate",)),
+          ("train loss", ("train_loss",)), ("diversity of kept", ("distinct_1", "distinct_2")))
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """One small panel per metric, x = round. Metrics a run did not record are left out."""
+    """One small panel per metric group, x = round. Metrics a run did not record are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(key, title) for key, title in CURVES if any(m.get(key) is not None for m in history)]
+    panels = [(title, [k for k in keys if any(m.get(k) is not None for m in history)]) for title, keys in CURVES]
+    panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         return
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-    for axis, (key, title) in zip(axes[0], panels):
-        points = [(m["round"], m[key]) for m in history if m.get(key) is not None]
-        axis.plot([r for r, _ in points], [v for _, v in points], marker="o")
+    for axis, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            points = [(m["round"], m[key]) for m in history if m.get(key) is not None]
+            axis.plot([r for r, _ in points], [v for _, v in points], marker="o", label=key)
+        if len(keys) > 1:
+            axis.legend(fontsize=7)
         axis.set_title(title)
         axis.set_xlabel("round")
         axis.grid(alpha=0.3)
