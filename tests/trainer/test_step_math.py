@@ -219,3 +219,31 @@ def test_shuffle_is_reproducible_and_can_be_disabled(tmp_path, causal_dir, token
     assert micro_batch_lengths(True) == micro_batch_lengths(True)
     assert micro_batch_lengths(True) != micro_batch_lengths(False)
     assert micro_batch_lengths(True, seed=1) != micro_batch_lengths(True, seed=2)
+
+
+def test_gradient_clipping_caps_the_update_and_reports_the_preclip_norm(tmp_path, causal_model, tokenizer):
+    """With SGD at lr 1 the update is minus the (clipped) gradient, so its norm must equal max_grad_norm."""
+    input_ids = _samples(len(tokenizer))
+    _, expected_grads = _reference(causal_model, input_ids, [ids.clone() for ids in input_ids])
+    preclip = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected_grads.values()])).item()
+    assert preclip > 0.5
+    before = {n: p.detach().clone() for n, p in causal_model.named_parameters()}
+    optimizer = torch.optim.SGD(causal_model.parameters(), lr=1.0)
+    trainer = IterativeSFTTrainer(causal_model, _config(tmp_path, max_grad_norm=0.5), tokenizer=tokenizer,
+                                  optimizers=(optimizer, None))
+    stats = trainer.step(input_ids=input_ids)
+    delta = torch.linalg.vector_norm(torch.stack([(p.detach() - before[n]).norm()
+                                                  for n, p in causal_model.named_parameters()])).item()
+    assert delta == pytest.approx(0.5, rel=1e-4)
+    assert stats["grad_norm"] == pytest.approx(preclip, rel=1e-4)
+
+
+def test_save_model_writes_a_loadable_model(tmp_path, causal_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    trainer = IterativeSFTTrainer(causal_model, _config(tmp_path), tokenizer=tokenizer)
+    trainer.step(texts=["abc"])
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    for name, tensor in causal_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
