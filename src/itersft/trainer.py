@@ -38,14 +38,13 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from itersft.checkpoint import atomic_directory
 from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
 from itersft.data import inputs as checks
-from itersft.data.batching import accumulation_windows, by_length, shuffled
+from itersft.data.batching import accumulation_windows, shuffled
 from itersft.data.collate import ExampleCollator, collate
 from itersft.data.encode import SampleEncoder, from_token_ids
 from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
-from itersft.data.packing import supports_packing
 from itersft.data.truncate import truncate_example
-from itersft.loss import causal_summed_loss, label_positions, summed_token_loss
+from itersft.loss import summed_token_loss
 from itersft.model_loading import (
     is_encoder_decoder,
     is_tokenizer_like,
@@ -310,20 +309,11 @@ class IterativeSFTTrainer(Trainer):
         model = self.model_wrapped
         shift = not self.is_encoder_decoder
         window_tokens = sum(e.num_loss_tokens(shift) for batch in window for e in batch)
-        # The window's loss is a mean over all its label tokens, so regrouping its samples by length (less
-        # padding) or packing them (none) leaves the update unchanged; `batching="padded"` does neither.
-        batching = getattr(self.args, "batching", "sorted")
-        if batching != "padded":
-            window = by_length(window, (lambda e: len(e.input_ids)) if shift else
-                               (lambda e: (len(e.input_ids), len(e.labels))))
-        packed = batching == "packed" and shift and supports_packing(self.model)
         self.control = self.callback_handler.on_step_begin(self.args, self.state, self.control)
         loss_sum = torch.zeros((), device=self.args.device)
         for index, batch_examples in enumerate(window):
-            host = collate(batch_examples, self.pad_token_id, self.is_encoder_decoder, packed)
-            if shift:  # label positions found on the host: the device never reports a count back
-                host["loss_positions"], host["loss_targets"] = label_positions(host["labels"])
-            batch = {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
+            batch = {k: v.to(self.args.device) for k, v in
+                     collate(batch_examples, self.pad_token_id, self.is_encoder_decoder).items()}
             stats.real_tokens += sum(e.num_real_tokens(self.is_encoder_decoder) for e in batch_examples)
             stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if not shift else 0)
             last = index == len(window) - 1
@@ -361,7 +351,8 @@ class IterativeSFTTrainer(Trainer):
     def _summed_loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed token loss of one micro-batch (the caller divides by the window's token count)."""
         if not self.is_encoder_decoder:
-            return causal_summed_loss(self.model, model, batch, self.accelerator.autocast)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            return summed_token_loss(logits, batch["labels"], shift=True)
         base = self.accelerator.unwrap_model(self.model)
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         if hasattr(base, "prepare_decoder_input_ids_from_labels"):
