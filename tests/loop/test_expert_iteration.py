@@ -132,12 +132,24 @@ def _accepted(run_dir: Path, round_index: int):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+SLOW_SCORER = '''
+import time
+
+
+def exact(prompts, completions, answer, **meta):
+    """Exact match that takes a while, so a kill lands inside a round, never after the last one."""
+    time.sleep(0.4)
+    return [float(c.strip() == a) for c, a in zip(completions, answer)]
+'''
+
+
 def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
+    (directory / "slow_scorer.py").write_text(SLOW_SCORER)
     prompts = directory / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(PROMPTS, ANSWERS)))
     config = {
         "model": str(base_dir), "output_dir": str(run_dir), "prompts": {"path": str(prompts)},
-        "eval_prompts": {"path": str(prompts), "limit": 4}, "scorer": "exact_match",
+        "eval_prompts": {"path": str(prompts), "limit": 4}, "scorer": "slow_scorer:exact",
         "filters": [{"threshold": 1.0}, {"dedup": {}}],
         "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 5},
         "loop": {"rounds": 4, "prompts_per_round": 6, "step_size": 6, "seed": 5, "buffer_capacity": 50,
@@ -150,7 +162,7 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
 
 
 def _run_cli(config: Path, **popen):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(config.parent)}
     return subprocess.Popen([sys.executable, "-m", "itersft.cli.main", "run", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 

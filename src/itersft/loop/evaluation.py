@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from itersft.distributed import Ranks
 from itersft.loop.metrics import pass_at_k
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
@@ -15,22 +16,28 @@ EVAL_ROUND_OFFSET = 1_000_000
 
 def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[str],
                      meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, ranks: Ranks | None = None) -> dict[str, Any]:
     """Score the model on held-out prompts.
 
     `eval_accuracy`: the share of prompts whose greedy completion scores at least `pass_score`
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
+    With `ranks`, each process samples and scores a share of the prompts and all get the same metrics.
     """
     scorer = resolve_scorer(scorer)
-    greedy = Sampler(model, tokenizer, replace(sampling, num_samples=1, temperature=0.0))
-    samples = greedy.sample(prompts, EVAL_ROUND_OFFSET + round_index, meta=meta, progress=progress)
-    score_samples(scorer, samples)
+
+    def draw_and_score(config: SamplingConfig) -> list:
+        offset, share = ranks.block(list(range(len(prompts)))) if ranks else (0, list(range(len(prompts))))
+        share_meta = [meta[i] for i in share] if meta is not None else None
+        samples = Sampler(model, tokenizer, config).sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index,
+                                                           meta=share_meta, prompt_offset=offset, progress=progress)
+        score_samples(scorer, samples)
+        return ranks.gather(samples) if ranks else samples
+
+    samples = draw_and_score(replace(sampling, num_samples=1, temperature=0.0))
     metrics: dict[str, Any] = {"eval_accuracy": _share_passing(samples, pass_score)}
     if num_samples > 0:
-        sampler = Sampler(model, tokenizer, replace(sampling, num_samples=num_samples))
-        drawn = sampler.sample(prompts, EVAL_ROUND_OFFSET + round_index, meta=meta, progress=progress)
-        score_samples(scorer, drawn)
+        drawn = draw_and_score(replace(sampling, num_samples=num_samples))
         by_prompt: dict[int, list[bool]] = {}
         for sample in drawn:
             by_prompt.setdefault(sample.prompt_index, []).append(_passes(sample, pass_score))

@@ -37,6 +37,7 @@ from typing import Any
 
 from itersft.checkpoint import write_json_atomic
 from itersft.data.batching import shuffled
+from itersft.distributed import Ranks
 from itersft.loop.buffer import ReplayBuffer, mix_with_labelled
 from itersft.loop.evaluation import evaluate_prompts
 from itersft.loop.metrics import round_sample_metrics
@@ -135,6 +136,7 @@ class ExpertIteration:
         self.filter = filter
         self.config = config
         self.labelled = list(labelled or [])
+        self.ranks = Ranks(trainer.accelerator)
         self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)
         self.buffer = ReplayBuffer(config.buffer_capacity, seed=config.seed) if config.buffer_capacity != 0 else None
         # The initial weights, kept on CPU for `restart_from_base` (taken before any resume).
@@ -174,21 +176,25 @@ class ExpertIteration:
 
     def _round(self, round_index: int, prompts, meta, eval_prompts, eval_meta) -> dict[str, Any]:
         started = time.perf_counter()
-        indices = self._round_prompt_indices(round_index, len(prompts))
+        # Each rank samples and scores a contiguous share of the round's prompts; the filter then sees
+        # every rank's samples, so best-of-k, top-% and dedup mean the same as in one process.
+        _, indices = self.ranks.block(self._round_prompt_indices(round_index, len(prompts)))
         sampler = Sampler(self.trainer.model, self.tokenizer, self.sampling)
-        drawn = []
+        local = []
         sampling_started = time.perf_counter()
         for offset, chunk in _contiguous_runs(indices):
             chunk_meta = [meta[i] for i in chunk] if meta is not None else None
-            drawn += sampler.sample([prompts[i] for i in chunk], round_index, meta=chunk_meta,
+            local += sampler.sample([prompts[i] for i in chunk], round_index, meta=chunk_meta,
                                     prompt_offset=offset, progress=self.config.progress)
         sampling_seconds = time.perf_counter() - sampling_started
-        report = score_samples(self.scorer, drawn, fail_fast=self.config.fail_fast)
+        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast)
+        drawn = self.ranks.gather(local)
+        (scorer_errors,) = self.ranks.sum([report.errors], self.trainer.args.device)
         kept = self.filter(drawn)
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
         finished = [s for s in kept if s.finished]
         generated_tokens = sum(len(s.completion_ids) for s in drawn)
-        metrics.update(samples_unfinished=len(kept) - len(finished), scorer_errors=report.errors,
+        metrics.update(samples_unfinished=len(kept) - len(finished), scorer_errors=int(scorer_errors),
                        sampling_seconds=sampling_seconds,
                        sampling_tokens_per_second=generated_tokens / max(sampling_seconds, 1e-9))
         self.run_dir.write_accepted(round_index, finished)
@@ -217,7 +223,11 @@ class ExpertIteration:
         return [(start + i) % total for i in range(per_round)]
 
     def _train(self, round_index: int, training_set: list[Sample]) -> dict[str, Any]:
-        """Train on the round's samples, `train_epochs` passes in `step_size` chunks."""
+        """Train on the round's samples, `train_epochs` passes in `step_size` chunks.
+
+        With several processes every rank holds the same training set and passes its share of each
+        chunk to `step()`, which weighs every token of every rank alike.
+        """
         if self.config.restart_from_base:
             self.trainer.model.load_state_dict(self._base_state)
         if self.config.restart_from_base or self.config.reset_optimizer:
@@ -227,7 +237,7 @@ class ExpertIteration:
         for epoch in range(self.config.train_epochs if training_set else 0):
             order = shuffled(training_set, self.config.seed, round_index * 1_000 + epoch)
             for start in range(0, len(order), self.config.step_size):
-                chunk = order[start : start + self.config.step_size]
+                _, chunk = self.ranks.block(order[start : start + self.config.step_size])
                 stats = self.trainer.step(prompts=[s.prompt for s in chunk], completions=[s.completion for s in chunk])
                 if stats["trained_tokens"]:
                     loss_sum += stats["loss"] * stats["trained_tokens"]
@@ -242,7 +252,7 @@ class ExpertIteration:
     def _evaluate(self, eval_prompts, eval_meta, round_index: int) -> dict[str, Any]:
         return evaluate_prompts(self.trainer.model, self.tokenizer, self.sampling, self.scorer, eval_prompts,
                                 eval_meta, self.config.pass_score, self.config.eval_samples, round_index,
-                                progress=self.config.progress)
+                                progress=self.config.progress, ranks=self.ranks)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
