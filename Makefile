@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints/ci.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test: lint
 	$(PY) -m pytest -q

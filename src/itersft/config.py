@@ -13,6 +13,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
+BATCHING_MODES = ("auto", "sorted", "packed", "padded")
 
 
 @dataclass
@@ -52,6 +53,17 @@ class IterativeSFTConfig(TrainingArguments):
         metadata={"help": "Append the EOS token to tokenised `texts`, completions and seq2seq targets "
                           "that do not already end with it, so the model learns to stop."},
     )
+    batching: str = field(
+        default="sorted",
+        metadata={"help": "How `step()` lays out micro-batches; every mode learns the same thing (same loss and "
+                          "gradient per update). `sorted`: within each accumulation window, samples of similar "
+                          "length share a micro-batch, right-padded. `packed`: sorted, then each causal micro-batch "
+                          "is one padding-free row with per-sample `position_ids` (no padding, but sdpa and eager "
+                          "attention then cost (tokens in the row)^2; flash-attention kernels do not). `auto`: "
+                          "sorted, and each micro-batch packed when that is estimated cheaper (always with "
+                          "flash-attention). `padded`: the given (shuffled) order, right-padded. Seq2seq and models "
+                          "without packed-sequence support are never packed."},
+    )
     logging_steps: float = field(
         default=10,
         metadata={"help": "Log every this many optimizer updates (checked at the end of each `step()`)."},
@@ -66,6 +78,8 @@ class IterativeSFTConfig(TrainingArguments):
             problems.append(
                 f"`truncation_mode` must be one of {TRUNCATION_MODES}, got {self.truncation_mode!r}."
             )
+        if self.batching not in BATCHING_MODES:
+            problems.append(f"`batching` must be one of {BATCHING_MODES}, got {self.batching!r}.")
         if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
             problems.append(f"`model_init_kwargs` must be a dict or None, got {type(self.model_init_kwargs)}.")
         if problems:

@@ -38,13 +38,15 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from itersft.checkpoint import atomic_directory
 from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
 from itersft.data import inputs as checks
-from itersft.data.batching import accumulation_windows, shuffled
+from itersft.data.batching import accumulation_windows, by_length, count_micro_batches, shuffled
 from itersft.data.collate import ExampleCollator, collate
 from itersft.data.encode import SampleEncoder, from_token_ids
 from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
+from itersft.data.packing import packing_pays, supports_packing
 from itersft.data.truncate import truncate_example
-from itersft.loss import summed_token_loss
+from itersft.distributed import Ranks
+from itersft.loss import causal_summed_loss, label_positions, summed_token_loss
 from itersft.model_loading import (
     is_encoder_decoder,
     is_tokenizer_like,
@@ -155,6 +157,13 @@ class IterativeSFTTrainer(Trainer):
         self.remove_callback(ProgressCallback)
         self.remove_callback(PrinterCallback)
         self._callbacks_started = False
+        self.ranks = Ranks(self.accelerator)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.ranks.world_size == 1:
+            raise ValueError(
+                f"Launched as {launched} processes, but this trainer runs as one: each would train its own copy. "
+                "On CPU pass `use_cpu=True` in the config (or launch with `accelerate launch --cpu`)."
+            )
         self._prepare_optimization()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -258,11 +267,13 @@ class IterativeSFTTrainer(Trainer):
             self._callbacks_started = True
         self.model_wrapped.train()
         pending = {"should_log": False, "should_evaluate": False, "should_save": False}
-        for window in accumulation_windows(trainable, self.args.per_device_train_batch_size,
-                                           self.args.gradient_accumulation_steps):
-            self._update(window, stats)
+        for window, window_tokens in self._windows(trainable):
+            self._update(window, window_tokens, stats)
             for flag in pending:
                 pending[flag] = pending[flag] or getattr(self.control, flag)
+        stats.samples, stats.skipped_samples, stats.real_tokens, stats.padded_tokens = (int(v) for v in self.ranks.sum(
+            [stats.samples, stats.skipped_samples, stats.real_tokens, stats.padded_tokens], self.args.device))
+        self.state.num_input_tokens_seen += stats.real_tokens
         result = stats.as_dict(self.state.global_step)
         self._log_evaluate_save(result, pending)
         if self.optimize_device_cache:
@@ -273,7 +284,8 @@ class IterativeSFTTrainer(Trainer):
         """Validate the raw input of `step()` and turn it into examples; all problems raise at once."""
         form = checks.detect_form(given)
         problems: list[str] = []
-        lists = {name: checks.as_list(name, given[name], problems) for name in checks.FORMS[form]}
+        lists = {name: checks.as_list(name, given[name], problems, allow_empty=self.ranks.is_distributed)
+                 for name in checks.FORMS[form]}
         checks.check_lengths(lists, problems)
         if form == "tokens" and lists["input_ids"] is not None:
             checks.check_token_tensors("input_ids", lists["input_ids"], self.vocab_size, problems)
@@ -304,28 +316,63 @@ class IterativeSFTTrainer(Trainer):
         return [truncate_example(e, self.max_length, self.truncation_mode, self.is_encoder_decoder)
                 for e in examples]
 
-    def _update(self, window: list[list[Example]], stats: StepStats) -> None:
-        """Forward/backward every micro-batch of one window, then take (or skip) one optimizer update."""
+    def _windows(self, examples: list[Example]) -> list[tuple[list[list[Example]], int]]:
+        """Accumulation windows of this rank's examples, each with its label-token count over all ranks.
+
+        Ranks agree on the number of micro-batches before any collective (a rank with fewer samples
+        runs empty micro-batches), and every window's token count is summed over ranks in one
+        all-reduce: each rank then divides its summed loss by the same global count, so every token
+        of every rank weighs the same however the samples are spread.
+        """
+        args, shift = self.args, not self.is_encoder_decoder
+        num_micro_batches = self.ranks.max(count_micro_batches(len(examples), args.per_device_train_batch_size),
+                                           args.device)
+        windows = accumulation_windows(examples, args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                                       num_micro_batches)
+        local = [sum(e.num_loss_tokens(shift) for batch in window for e in batch) for window in windows]
+        return list(zip(windows, (int(tokens) for tokens in self.ranks.sum(local, args.device))))
+
+    def _update(self, window: list[list[Example]], window_tokens: int, stats: StepStats) -> None:
+        """Forward/backward every micro-batch of one window, then take (or skip) one optimizer update.
+
+        `window_tokens` counts the window's label tokens over all ranks. The backward pass scales each
+        rank's summed loss by world size / `window_tokens` because data parallelism averages gradients
+        over ranks: the result is the gradient of the mean over every token of the window.
+        """
         model = self.model_wrapped
         shift = not self.is_encoder_decoder
-        window_tokens = sum(e.num_loss_tokens(shift) for batch in window for e in batch)
+        scale = self.ranks.world_size / window_tokens
+        # The window's loss is a mean over all its label tokens, so regrouping its samples by length (less
+        # padding) or packing them (none) leaves the update unchanged; `batching="padded"` does neither.
+        batching = getattr(self.args, "batching", "sorted")
+        if batching != "padded":
+            window = by_length(window, (lambda e: len(e.input_ids)) if shift else
+                               (lambda e: (len(e.input_ids), len(e.labels))))
+        packable = batching in ("packed", "auto") and shift and supports_packing(self.model)
         self.control = self.callback_handler.on_step_begin(self.args, self.state, self.control)
         loss_sum = torch.zeros((), device=self.args.device)
         for index, batch_examples in enumerate(window):
-            batch = {k: v.to(self.args.device) for k, v in
-                     collate(batch_examples, self.pad_token_id, self.is_encoder_decoder).items()}
+            last = index == len(window) - 1
+            if not batch_examples:  # this rank ran out of samples: take part in the gradient sync, weightless
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    self.accelerator.backward(self._weightless_loss(model))
+                continue
+            packed = packable and (batching == "packed" or packing_pays([len(e.input_ids) for e in batch_examples],
+                                                                         self.model))
+            batch = self._device_batch(batch_examples, packed)
             stats.real_tokens += sum(e.num_real_tokens(self.is_encoder_decoder) for e in batch_examples)
             stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if not shift else 0)
-            last = index == len(window) - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
             with sync, self.compute_loss_context_manager():
                 loss = self._summed_loss(model, batch)
-                self.accelerator.backward(loss / window_tokens)
+                self.accelerator.backward(loss * scale)
             loss_sum += loss.detach()
             if not last:
                 self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else float("inf")
         grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+        if self.ranks.is_distributed:
+            loss_sum = self.accelerator.reduce(loss_sum, reduction="sum")
         loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             model.zero_grad(set_to_none=True)
@@ -341,18 +388,35 @@ class IterativeSFTTrainer(Trainer):
         self.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
         self.state.global_step += 1
-        self.state.num_input_tokens_seen += sum(e.num_real_tokens(self.is_encoder_decoder)
-                                                for batch in window for e in batch)
         stats.record_update(loss_value, window_tokens, norm_value, learning_rate)
         self.control = self.callback_handler.on_step_end(self.args, self.state, self.control)
         if self.state.global_step == self.args.max_steps + 1:
             logger.warning("global_step passed `max_steps`=%d: the LR schedule's horizon is over.", self.args.max_steps)
 
+    def _device_batch(self, examples: list[Example], packed: bool) -> dict[str, torch.Tensor]:
+        """Collate on the host and move to the device; causal label positions are found on the host,
+        so the device never has to report a count back."""
+        host = collate(examples, self.pad_token_id, self.is_encoder_decoder, packed)
+        if not self.is_encoder_decoder:
+            host["loss_positions"], host["loss_targets"] = label_positions(host["labels"])
+        return {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
+
+    def _weightless_loss(self, model) -> torch.Tensor:
+        """A zero loss from a real forward pass through the (possibly DDP-wrapped) model.
+
+        A rank with no samples left in a window still runs forward and backward, so the collective
+        gradient reduction of the other ranks does not wait for it forever; its gradient is zero.
+        """
+        dummy = Example(torch.full((2,), self.pad_token_id), torch.ones(2, dtype=torch.long),
+                        torch.full((2,), self.pad_token_id))
+        batch = self._device_batch([dummy], packed=False)
+        with self.compute_loss_context_manager():
+            return self._summed_loss(model, batch) * 0.0
+
     def _summed_loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed token loss of one micro-batch (the caller divides by the window's token count)."""
         if not self.is_encoder_decoder:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            return summed_token_loss(logits, batch["labels"], shift=True)
+            return causal_summed_loss(self.model, model, batch, self.accelerator.autocast)
         base = self.accelerator.unwrap_model(self.model)
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         if hasattr(base, "prepare_decoder_input_ids_from_labels"):

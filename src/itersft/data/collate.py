@@ -1,4 +1,4 @@
-"""Right-pad a list of `Example`s into one micro-batch of tensors the model takes."""
+"""Turn a list of `Example`s into one micro-batch of tensors the model takes: right-padded, or packed."""
 
 from __future__ import annotations
 
@@ -6,15 +6,22 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from itersft.data.example import IGNORE_INDEX, Example
+from itersft.data.packing import can_pack, pack
 
 
-def collate(examples: list[Example], pad_token_id: int, is_encoder_decoder: bool) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example], pad_token_id: int, is_encoder_decoder: bool,
+            packed: bool = False) -> dict[str, torch.Tensor]:
     """Pad ids with `pad_token_id`, masks with 0 and labels with -100, all on the right.
 
     Right padding keeps every causal sequence's positions starting at 0, so position ids need not be
     passed. Labels of padding are -100, whatever the pad token is, so a real EOS equal to the pad
     token still carries loss.
+
+    `packed=True` (causal only) gives one padding-free row instead (`itersft.data.packing`) when the
+    samples have no padding inside them; seq2seq batches are always padded.
     """
+    if packed and not is_encoder_decoder and can_pack(examples):
+        return pack(examples)
     batch = {
         "input_ids": pad_sequence([e.input_ids for e in examples], batch_first=True, padding_value=pad_token_id),
         "attention_mask": pad_sequence([e.attention_mask for e in examples], batch_first=True, padding_value=0),

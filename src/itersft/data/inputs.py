@@ -46,8 +46,11 @@ def detect_form(given: dict[str, Any]) -> str:
     return used[0]
 
 
-def as_list(name: str, value: Any, problems: list[str]) -> list | None:
-    """Accept any sequence (list, tuple, `datasets` column) of samples; reject a bare tensor or str."""
+def as_list(name: str, value: Any, problems: list[str], allow_empty: bool = False) -> list | None:
+    """Accept any sequence (list, tuple, `datasets` column) of samples; reject a bare tensor or str.
+
+    An empty list is an error unless `allow_empty` (a rank of a multi-process run may hold no sample).
+    """
     if value is None:
         return None
     if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, (Sequence, _Column())):
@@ -57,7 +60,7 @@ def as_list(name: str, value: Any, problems: list[str]) -> list | None:
         )
         return None
     values = list(value)
-    if not values:
+    if not values and not allow_empty:
         problems.append(f"`{name}` is empty: pass at least one sample.")
     return values
 
