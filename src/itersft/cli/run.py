@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from itersft.cli import run_config
@@ -15,7 +16,8 @@ def main(args) -> int:
     from itersft import IterativeSFTTrainer
     from itersft.loop.expert_iteration import ExpertIteration
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch: rank 0 reports
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
     config = run_config.load_config(args.config)
     for key in ("output_dir", "model"):
         if getattr(args, key):
@@ -31,5 +33,6 @@ def main(args) -> int:
     loop = ExpertIteration(trainer, run_config.build_sampling(config), config["scorer"],
                            run_config.build_filter(config), loop_config, labelled=labelled)
     history = loop.run(prompts, meta, eval_prompts=eval_prompts, eval_meta=eval_meta)
-    print(f"done: {len(history)} rounds in {loop_config.output_dir} (metrics.jsonl, curves.png, final/)")
+    if main_process:
+        print(f"done: {len(history)} rounds in {loop_config.output_dir} (metrics.jsonl, curves.png, final/)")
     return 0

@@ -1,0 +1,79 @@
+"""`itersft run` under torchrun with 2 CPU processes writes what one process writes.
+
+Round 0 samples from the same starting model with per-sample seeds, so its accepted samples must be
+identical however the prompts are sharded; later rounds may differ in the last bits of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from itersft import IterativeSFTConfig, IterativeSFTTrainer
+
+PROMPTS = [f"q{i}:" for i in range(10)]
+ANSWERS = ["x" if i % 2 else "y" for i in range(10)]
+
+
+def _base(directory: Path, causal_dir: Path) -> Path:
+    """The toy model taught to answer 'x' or 'y' and stop, so samples finish and some are right."""
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(causal_dir)
+    trainer = IterativeSFTTrainer(model, IterativeSFTConfig(output_dir=str(directory / "t"), report_to="none",
+                                                            learning_rate=3e-2, save_strategy="no"), tokenizer)
+    for _ in range(40):
+        trainer.step(prompts=PROMPTS, completions=[("x", "y")[i % 3 == 0] for i in range(10)])
+    model.save_pretrained(directory / "base")
+    tokenizer.save_pretrained(directory / "base")
+    return directory / "base"
+
+
+def _run(config: Path, output_dir: Path, processes: int) -> None:
+    command = [sys.executable, "-m", "itersft.cli.main", "run", str(config), "--output-dir", str(output_dir)]
+    if processes > 1:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", *command[2:]]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def test_two_process_loop_writes_the_same_artefacts(tmp_path, causal_dir):
+    base = _base(tmp_path, causal_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(PROMPTS, ANSWERS)))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(base), "output_dir": "unused", "prompts": {"path": str(prompts)},
+        "eval_prompts": {"path": str(prompts), "limit": 5}, "scorer": "exact_match",
+        "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 1},
+        "loop": {"rounds": 2, "prompts_per_round": 7, "step_size": 8, "seed": 1},
+        "training": {"learning_rate": 0.01, "per_device_train_batch_size": 2, "seed": 1},
+    }))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(config, one, processes=1)
+    _run(config, two, processes=2)
+
+    def listing(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "trainer" not in p.parts
+                      and not p.name.startswith("rng_state"))
+
+    assert listing(two) == [p for p in listing(one)] or set(listing(one)) <= set(listing(two))
+    assert (two / "rounds" / "round-0001" / "rng_state_1.pth").exists()
+    assert (one / "accepted" / "round-0000.jsonl").read_text() == (two / "accepted" / "round-0000.jsonl").read_text()
+    first = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    second = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [m.keys() for m in first] == [m.keys() for m in second]
+    for key in ("samples_drawn", "samples_kept", "acceptance_rate", "pass@1", "pass@k"):
+        assert first[0][key] == second[0][key], key
+    assert second[0]["samples_drawn"] == 7 * 3
