@@ -39,3 +39,25 @@ def causal_model(causal_dir):
 @pytest.fixture
 def seq2seq_model(seq2seq_dir):
     return AutoModelForSeq2SeqLM.from_pretrained(seq2seq_dir)
+
+
+@pytest.fixture(scope="session")
+def answering_dir(tmp_path_factory, causal_dir):
+    """The causal toy model after 40 updates on "q<i>:" -> "x" or "y" + EOS (i = 0..11).
+
+    It samples short answers that finish with EOS, some of them right: what a loop needs to have
+    something to keep. Used by the loop tests in one and in two processes.
+    """
+    from itersft import IterativeSFTConfig, IterativeSFTTrainer
+
+    directory = tmp_path_factory.mktemp("answering")
+    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(causal_dir)
+    config = IterativeSFTConfig(output_dir=str(directory / "trainer"), report_to="none", learning_rate=3e-2,
+                                save_strategy="no")
+    trainer = IterativeSFTTrainer(model, config, tokenizer)
+    for _ in range(40):
+        trainer.step(prompts=[f"q{i}:" for i in range(12)], completions=[("x", "y")[i % 3 == 0] for i in range(12)])
+    model.save_pretrained(directory / "model")
+    tokenizer.save_pretrained(directory / "model")
+    return directory / "model"

@@ -14,25 +14,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 PROMPTS = [f"q{i}:" for i in range(10)]
 ANSWERS = ["x" if i % 2 else "y" for i in range(10)]
-
-
-def _base(directory: Path, causal_dir: Path) -> Path:
-    """The toy model taught to answer 'x' or 'y' and stop, so samples finish and some are right."""
-    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
-    model = AutoModelForCausalLM.from_pretrained(causal_dir)
-    trainer = IterativeSFTTrainer(model, IterativeSFTConfig(output_dir=str(directory / "t"), report_to="none",
-                                                            learning_rate=3e-2, save_strategy="no"), tokenizer)
-    for _ in range(40):
-        trainer.step(prompts=PROMPTS, completions=[("x", "y")[i % 3 == 0] for i in range(10)])
-    model.save_pretrained(directory / "base")
-    tokenizer.save_pretrained(directory / "base")
-    return directory / "base"
 
 
 def _run(config: Path, output_dir: Path, processes: int) -> None:
@@ -48,8 +32,8 @@ def _run(config: Path, output_dir: Path, processes: int) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def test_two_process_loop_writes_the_same_artefacts(tmp_path, causal_dir):
-    base = _base(tmp_path, causal_dir)
+def test_two_process_loop_writes_the_same_artefacts(tmp_path, answering_dir):
+    base = answering_dir
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(PROMPTS, ANSWERS)))
     config = tmp_path / "run.yaml"
@@ -68,7 +52,7 @@ def test_two_process_loop_writes_the_same_artefacts(tmp_path, causal_dir):
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "trainer" not in p.parts
                       and not p.name.startswith("rng_state"))
 
-    assert listing(two) == [p for p in listing(one)] or set(listing(one)) <= set(listing(two))
+    assert set(listing(one)) <= set(listing(two))
     assert (two / "rounds" / "round-0001" / "rng_state_1.pth").exists()
     assert (one / "accepted" / "round-0000.jsonl").read_text() == (two / "accepted" / "round-0000.jsonl").read_text()
     first = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]

@@ -31,19 +31,10 @@ TIMING_KEYS = {"sampling_seconds", "sampling_tokens_per_second", "training_secon
                "round_seconds"}
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, causal_dir):
-    """The toy model after 40 updates on 'q:' -> 'x'/'y' + EOS: it samples short, finished answers."""
-    directory = tmp_path_factory.mktemp("base")
-    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
-    model = AutoModelForCausalLM.from_pretrained(causal_dir)
-    trainer = IterativeSFTTrainer(model, IterativeSFTConfig(output_dir=str(directory / "t"), report_to="none",
-                                                            learning_rate=3e-2, save_strategy="no"), tokenizer)
-    for _ in range(40):
-        trainer.step(prompts=PROMPTS, completions=[("x", "y")[i % 3 == 0] for i in range(12)])
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+@pytest.fixture(scope="session")
+def base_dir(answering_dir):
+    """The toy model that answers "x"/"y" and stops (see conftest)."""
+    return answering_dir
 
 
 def _loop(base_dir, run_dir, labelled=None, **loop_options):
