@@ -135,6 +135,7 @@ class IterativeSFTTrainer(Trainer):
         self.truncation_mode = settings["truncation_mode"]
         self.optimize_device_cache = settings["optimize_device_cache"]
         self.shuffle_samples = settings["shuffle_samples"]
+        self.batching = settings["batching"]
         words = text_tokenizer(tokenizer)
         self.encoder = SampleEncoder(words, self.is_encoder_decoder, settings["add_eos_token"])
         self.pad_token_id = _pad_token_id(words, model)
@@ -344,7 +345,7 @@ class IterativeSFTTrainer(Trainer):
         scale = self.ranks.world_size / window_tokens
         # The window's loss is a mean over all its label tokens, so regrouping its samples by length (less
         # padding) or packing them (none) leaves the update unchanged; `batching="padded"` does neither.
-        batching = getattr(self.args, "batching", "sorted")
+        batching = self.batching
         if batching != "padded":
             window = by_length(window, (lambda e: len(e.input_ids)) if shift else
                                (lambda e: (len(e.input_ids), len(e.labels))))
@@ -526,6 +527,7 @@ def _resolve_settings(args, max_length, truncation_mode, optimize_device_cache) 
         "optimize_device_cache": optimize_device_cache or getattr(args, "optimize_device_cache", False),
         "shuffle_samples": getattr(args, "shuffle_samples", True),
         "add_eos_token": getattr(args, "add_eos_token", True),
+        "batching": getattr(args, "batching", "sorted"),
     }
 
 

@@ -27,7 +27,6 @@ stop where it was cut off. They are counted as `samples_unfinished`.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -140,7 +139,7 @@ class ExpertIteration:
         self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)
         self.buffer = ReplayBuffer(config.buffer_capacity, seed=config.seed) if config.buffer_capacity != 0 else None
         # The initial weights, kept on CPU for `restart_from_base` (taken before any resume).
-        self._base_state = (copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
+        self._base_state = ({k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
                             if config.restart_from_base else None)
 
     @property

@@ -59,12 +59,14 @@ class RunDirectory:
             write_text_atomic(self.root / "metrics.jsonl", lines)
 
     def finish(self, trainer, state: dict[str, Any]) -> None:
-        """Save the final model and tokenizer, the summary of the run, and the curves."""
+        """Save the final model and tokenizer, the summary of the run, and the curves.
+
+        `metrics.jsonl` is already current: every round checkpoint and every resume rewrites it.
+        """
         final = self.root / "final"
         trainer.save_model(str(final))
         if self.is_main:
             trainer.processing_class.save_pretrained(str(final))
-            self.write_metrics(state["history"])
             write_json_atomic(self.root / "loop_summary.json", {
                 "rounds": len(state["history"]),
                 "initial": state["initial"],
