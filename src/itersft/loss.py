@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.distributed.fsdp import FSDPModule
 
 from itersft.data.example import IGNORE_INDEX
 
@@ -143,8 +144,8 @@ def separable_head(model: nn.Module, wrapped: nn.Module) -> tuple[nn.Module, nn.
     `model` is the trainer's unwrapped model (a `PreTrainedModel` or `PeftModel`), `wrapped` what
     accelerate returned for it; see the module docstring for the conditions.
     """
-    if wrapped is not model:
-        return None
+    if wrapped is not model or isinstance(model, FSDPModule):
+        return None  # FSDP gathers the sharded parameters in the root module's forward: it must run
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None:
         if getattr(peft_config, "is_prompt_learning", False):

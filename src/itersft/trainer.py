@@ -29,11 +29,12 @@ from typing import Any
 
 import torch
 from accelerate.utils.memory import clear_device_cache
+from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainerState, TrainingArguments
 from transformers.optimization import get_scheduler
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints, set_seed
 
 from itersft.checkpoint import atomic_directory
 from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
@@ -126,6 +127,7 @@ class IterativeSFTTrainer(Trainer):
         if tokenizer is None:
             tokenizer = load_tokenizer(model, model_name)
         if peft_config is not None:
+            set_seed(args.seed)  # the adapters' random initialisation follows `args.seed`, like the rest of the run
             model = _wrap_with_peft(model, peft_config)
         if _wants_checkpointing(args):
             _enable_gradient_checkpointing(model, args)
@@ -185,9 +187,19 @@ class IterativeSFTTrainer(Trainer):
         self.state.max_steps = horizon or NO_HORIZON
         self.state.compute_steps(args, self.state.max_steps)
         self.state.train_batch_size = args.per_device_train_batch_size
+        if self.is_fsdp_enabled and not self.accelerator.is_fsdp2:
+            raise ValueError("FSDP1 is not supported: use FSDP2, with `fsdp_version: 2` in the accelerate config file "
+                             "or `fsdp_config={'version': 2}` in the training arguments (transformers' default).")
         if self.optimizer is None:
             self.create_optimizer()
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.is_fsdp_enabled:  # the sharded module is the model from now on (saving and loading expect it)
+            self.model = self.model_wrapped
+            # `generate` reads parameters outside `forward`: let FSDP gather them for it too (needed with LoRA).
+            torch.distributed.fsdp.register_fsdp_forward_method(self.model, "generate")
+        elif getattr(args, "fsdp", None):
+            logger.warning("`fsdp` is set but accelerate runs %s without FSDP (it shards only on accelerators); "
+                           "training is data-parallel with full replicas.", self.accelerator.distributed_type)
         if self.lr_scheduler is None:
             self._create_schedule()
         for name in ("model", "optimizer", "lr_scheduler"):
@@ -203,6 +215,12 @@ class IterativeSFTTrainer(Trainer):
                            "warmup.", args.lr_scheduler_type)
         self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
                                           num_warmup_steps=int(args.warmup_steps))
+
+    @property
+    def shards_parameters(self) -> bool:
+        """Whether each process holds only a shard of the parameters (FSDP), so every forward pass is a
+        collective: code that runs the model outside `step()` (sampling, say) must keep the ranks in step."""
+        return self.is_fsdp_enabled
 
     def reset_optimizer(self) -> None:
         """Forget the optimizer's moments and restart the LR schedule (warmup included).
@@ -371,7 +389,8 @@ class IterativeSFTTrainer(Trainer):
             if not last:
                 self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+        grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else torch.as_tensor(grad_norm)
         if self.ranks.is_distributed:
             loss_sum = self.accelerator.reduce(loss_sum, reduction="sum")
         loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()

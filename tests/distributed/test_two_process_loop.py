@@ -61,3 +61,22 @@ def test_two_process_loop_writes_the_same_artefacts(tmp_path, answering_dir):
     for key in ("samples_drawn", "samples_kept", "acceptance_rate", "pass@1", "pass@k"):
         assert first[0][key] == second[0][key], key
     assert second[0]["samples_drawn"] == 7 * 3
+
+
+def test_fsdp2_loop_keeps_ranks_in_step_and_matches_one_process(tmp_path, answering_dir):
+    """Sharded parameters make every forward a collective; uneven shares must neither hang nor change samples."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import worker_loop
+    from test_two_processes import launch
+
+    launch("worker_loop.py", str(answering_dir), str(tmp_path), "fsdp2", timeout=300)
+    worker_loop.run(str(answering_dir), tmp_path, "single")
+    one, two = tmp_path / "single", tmp_path / "fsdp2"
+    assert (one / "accepted" / "round-0000.jsonl").read_text() == (two / "accepted" / "round-0000.jsonl").read_text()
+    assert (two / "accepted" / "round-0000.jsonl").read_text()  # something was kept, so round 0 trained
+    first = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    second = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(first) == len(second) == 2
+    for key in ("samples_drawn", "samples_kept", "pass@1", "pass@k", "train_samples"):
+        assert first[0][key] == second[0][key], key
+    assert (two / "final").is_dir() and (two / "rounds" / "round-0001" / "rng_state_1.pth").exists()

@@ -1,9 +1,12 @@
 """Run by `torch.distributed.run` with 2 CPU processes (gloo) from test_two_processes.py.
 
 Each rank trains on its own, deliberately uneven, samples: rank 0 gets three times as many as rank 1,
-and longer ones. Writes each rank's parameters and step() statistics to the output folder.
+and longer ones. Writes each rank's full parameters and step() statistics to the output folder.
 
-Usage: worker_step.py MODEL_DIR OUT_DIR MODE   (MODE: train | save | resume)
+Usage: worker_step.py MODEL_DIR OUT_DIR MODE ENGINE
+    MODE: train | save | resume
+    ENGINE: ddp | fsdp2 (FSDP2 through accelerate, every parameter sharded over the 2 ranks) |
+            lora (LoRA adapters from `peft_config`, under DDP)
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from peft import LoraConfig
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 CALLS = 3
+ENGINES = ("ddp", "fsdp2", "lora")
 
 
 def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
@@ -29,34 +37,68 @@ def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
     return [torch.randint(4, vocab, (n,), generator=generator) for n in lengths]
 
 
-def config(out: Path, batch_size: int = 2, accumulation: int = 2) -> IterativeSFTConfig:
-    return IterativeSFTConfig(output_dir=str(out / "trainer"), report_to="none", save_strategy="no",
-                              per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                              learning_rate=1e-2, use_cpu=True,
-                              max_grad_norm=0.0, shuffle_samples=False, seed=0)
+def config(out: Path, batch_size: int = 2, accumulation: int = 2, engine: str = "ddp",
+           **overrides) -> IterativeSFTConfig:
+    """The run's config; `engine="fsdp2"` adds transformers' FSDP2 settings, `overrides` replace any field."""
+    sharding = {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}}
+    return IterativeSFTConfig(**{
+        "output_dir": str(out / "trainer"), "report_to": "none", "save_strategy": "no",
+        "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": accumulation,
+        "learning_rate": 1e-2, "use_cpu": True, "max_grad_norm": 0.0, "shuffle_samples": False, "seed": 0,
+        **(sharding if engine == "fsdp2" else {}), **overrides})
 
 
-def main(model_dir: str, out: Path, mode: str) -> None:
+def peft_config(engine: str) -> LoraConfig | None:
+    return LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if engine == "lora" else None
+
+
+class CpuFSDP2Trainer(IterativeSFTTrainer):
+    """Runs FSDP2 on CPU processes, which accelerate only enables on accelerators.
+
+    accelerate leaves a CPU run as plain multi-process (DDP) even with an FSDP plugin; torch's
+    `fully_shard` itself works over gloo. Switching accelerate's state to FSDP right after the
+    trainer creates its accelerator sends the whole FSDP2 path (sharding at prepare, no_sync,
+    DTensor gradient clipping, full-state-dict saving and loading) through real sharded collectives.
+    """
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.accelerator.state.distributed_type = DistributedType.FSDP
+        self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        self.is_fsdp_enabled = True
+
+
+def full_parameters(trainer: IterativeSFTTrainer) -> dict[str, torch.Tensor]:
+    """Every entry of the model's state dict, unsharded, on the host."""
+    return {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
+            for name, value in trainer.model.state_dict().items()}
+
+
+def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    trainer = IterativeSFTTrainer(model, config(out), tokenizer=tokenizer)
+    trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
+    trainer = trainer_class(model, config(out, engine=engine), tokenizer=tokenizer, peft_config=peft_config(engine))
+    if engine == "fsdp2":
+        assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
     rank = trainer.accelerator.process_index
     first = 0
     if mode == "resume":
-        trainer.resume_from_checkpoint(str(out / "checkpoint"))
+        trainer.resume_from_checkpoint(str(out / f"{engine}-checkpoint"))
         first = 2
     stats = []
     for call in range(first, CALLS):
         stats.append(trainer.step(input_ids=rank_samples(rank, call, len(tokenizer))))
         if mode == "save" and call == 1:
-            trainer.save_checkpoint(out / "checkpoint")
-    torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, out / f"{mode}-rank{rank}.pt")
-    (out / f"{mode}-stats-rank{rank}.json").write_text(json.dumps(stats))
+            trainer.save_checkpoint(out / f"{engine}-checkpoint")
+    torch.save(full_parameters(trainer), out / f"{engine}-{mode}-rank{rank}.pt")
+    (out / f"{engine}-{mode}-stats-rank{rank}.json").write_text(json.dumps(stats))
     trainer.accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4])
     # Every output is written and both ranks are past their last collective. Skip the process-group
     # teardown: destroying a gloo group intermittently hangs one rank on CPU here (about one run in
     # four, with torch 2.13), which says nothing about training.

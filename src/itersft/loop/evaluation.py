@@ -16,21 +16,23 @@ EVAL_ROUND_OFFSET = 1_000_000
 
 def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[str],
                      meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
-                     progress: bool = False, ranks: Ranks | None = None) -> dict[str, Any]:
+                     progress: bool = False, ranks: Ranks | None = None, lockstep: bool = False) -> dict[str, Any]:
     """Score the model on held-out prompts.
 
     `eval_accuracy`: the share of prompts whose greedy completion scores at least `pass_score`
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
-    With `ranks`, each process samples and scores a share of the prompts and all get the same metrics.
+    With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
+    `lockstep` says the model's parameters are sharded over them (see `Sampler`).
     """
     scorer = resolve_scorer(scorer)
 
     def draw_and_score(config: SamplingConfig) -> list:
         offset, share = ranks.block(list(range(len(prompts)))) if ranks else (0, list(range(len(prompts))))
         share_meta = [meta[i] for i in share] if meta is not None else None
-        samples = Sampler(model, tokenizer, config).sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index,
-                                                           meta=share_meta, prompt_offset=offset, progress=progress)
+        sampler = Sampler(model, tokenizer, config, lockstep=ranks if lockstep else None)
+        samples = sampler.sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index, meta=share_meta,
+                                 prompt_offset=offset, progress=progress)
         score_samples(scorer, samples)
         return ranks.gather(samples) if ranks else samples
 

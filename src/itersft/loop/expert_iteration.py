@@ -178,10 +178,14 @@ class ExpertIteration:
         # Each rank samples and scores a contiguous share of the round's prompts; the filter then sees
         # every rank's samples, so best-of-k, top-% and dedup mean the same as in one process.
         _, indices = self.ranks.block(self._round_prompt_indices(round_index, len(prompts)))
-        sampler = Sampler(self.trainer.model, self.tokenizer, self.sampling)
+        lockstep = self.ranks if self.trainer.shards_parameters else None
+        sampler = Sampler(self.trainer.model, self.tokenizer, self.sampling, lockstep=lockstep)
+        runs = _contiguous_runs(indices)
+        if lockstep is not None:  # every rank makes as many sample() calls as the others
+            runs += [(0, [])] * (lockstep.max(len(runs), self.trainer.args.device) - len(runs))
         local = []
         sampling_started = time.perf_counter()
-        for offset, chunk in _contiguous_runs(indices):
+        for offset, chunk in runs:
             chunk_meta = [meta[i] for i in chunk] if meta is not None else None
             local += sampler.sample([prompts[i] for i in chunk], round_index, meta=chunk_meta,
                                     prompt_offset=offset, progress=self.config.progress)
@@ -251,7 +255,8 @@ class ExpertIteration:
     def _evaluate(self, eval_prompts, eval_meta, round_index: int) -> dict[str, Any]:
         return evaluate_prompts(self.trainer.model, self.tokenizer, self.sampling, self.scorer, eval_prompts,
                                 eval_meta, self.config.pass_score, self.config.eval_samples, round_index,
-                                progress=self.config.progress, ranks=self.ranks)
+                                progress=self.config.progress, ranks=self.ranks,
+                                lockstep=self.trainer.shards_parameters)
 
     # ---- checkpoints --------------------------------------------------------------------------
 

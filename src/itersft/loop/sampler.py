@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from itersft.distributed import Ranks
 from itersft.loop.samples import Sample
 
 logger = logging.getLogger(__name__)
@@ -186,11 +187,18 @@ class Sampler:
     The caller's tokenizer is only read (padding is done here, on the left); a tokenizer without a pad
     token pads with EOS. The model is put in eval mode for sampling and every module's previous mode
     is restored afterwards, also when generation raises.
+
+    `lockstep` is for a model whose parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3),
+    where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Each
+    `sample()` call then runs as many `generate` calls as the busiest rank's (the others generate from a
+    one-token dummy prompt and discard it), and `generate` keeps stepping until every rank's rows are
+    done (`synced_gpus`). All ranks must make the same number of `sample()` calls.
     """
 
-    def __init__(self, model, tokenizer, config: SamplingConfig | None = None):
+    def __init__(self, model, tokenizer, config: SamplingConfig | None = None, lockstep: Ranks | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.lockstep = lockstep
         self.config = config if config is not None else SamplingConfig()
         if not isinstance(self.config, SamplingConfig):
             raise TypeError(f"`config` must be a SamplingConfig, got {type(self.config).__name__}.")
@@ -215,9 +223,7 @@ class Sampler:
         `completion`); `finished` says EOS or a stop string was produced.
         """
         self._check_arguments(prompts, round_index, meta, prompt_offset)
-        if not prompts:
-            return []
-        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"] if prompts else []
         empty = [i for i, ids in enumerate(encoded) if len(ids) == 0]
         if empty:
             raise ValueError(f"Prompts at positions {empty[:10]} tokenize to no tokens; remove or fill them.")
@@ -225,6 +231,9 @@ class Sampler:
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
         batches = [order[start : start + self.config.batch_size]
                    for start in range(0, len(order), self.config.batch_size)]
+        idle = 0 if self.lockstep is None else self.lockstep.max(len(batches), _model_device(self.model)) - len(batches)
+        if not batches and not idle:
+            return []
         if progress:
             from tqdm.auto import tqdm
 
@@ -240,6 +249,8 @@ class Sampler:
                         s.prompt = prompts[position]
                         s.meta = dict(prompt_meta)
                     results[position] = samples
+            for _ in range(idle):
+                self._generate(torch.full((1, 1), self.pad_token_id, device=_model_device(self.model)), None)
         return [s for position in range(len(prompts)) for s in results[position]]
 
     def _sample_batch(self, batch: list[int], encoded: list[list[int]], round_index: int,
@@ -259,22 +270,7 @@ class Sampler:
             seeds = [sample_seed(cfg.seed, round_index, prompt_offset + position, j)
                      for position in batch for j in range(rows_per_prompt)]
             processors.append(_RowwiseSampler(seeds, cfg.max_new_tokens, cfg, device))
-        generation_config = GenerationConfig(
-            **_NEUTRAL_GENERATION,
-            max_new_tokens=cfg.max_new_tokens,
-            use_cache=True,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_ids or None,
-            stop_strings=cfg.stop_strings,
-        )
-        extra = {"tokenizer": self.tokenizer} if cfg.stop_strings else {}
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-            logits_processor=processors,
-            **extra,
-        )
+        output = self._generate(input_ids, processors, attention_mask)
         # Causal LMs return prompt + completion; seq2seq returns the decoder start token + completion.
         generated = output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
         logger.debug("sampled %d rows x %d prompt tokens -> %d new tokens", *input_ids.shape,
@@ -290,6 +286,25 @@ class Sampler:
                                       sample_index=j, completion_ids=ids, finished=finished))
             grouped.append(samples)
         return grouped
+
+    def _generate(self, input_ids: torch.Tensor, processors: LogitsProcessorList | None,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`model.generate` with the loop's length, EOS, padding and stop strings, and nothing else."""
+        cfg = self.config
+        generation_config = GenerationConfig(
+            **_NEUTRAL_GENERATION,
+            max_new_tokens=cfg.max_new_tokens,
+            use_cache=True,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids or None,
+            stop_strings=cfg.stop_strings,
+        )
+        extra = {"tokenizer": self.tokenizer} if cfg.stop_strings else {}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                   generation_config=generation_config, logits_processor=processors,
+                                   synced_gpus=self.lockstep is not None, **extra)
 
     def _left_pad(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad token id lists into (ids, attention_mask); done here so the tokenizer is never mutated."""

@@ -1,0 +1,47 @@
+"""Run by `torch.distributed.run` with 2 CPU processes from test_two_process_loop.py: two loop rounds.
+
+The shares are uneven on purpose: 9 prompts and sampling batches of 2 give the ranks different
+numbers of `generate` calls, and round 1's prompt slice wraps around, so one rank samples two runs of
+prompts and the other one. Under FSDP2 every forward is a collective, so any of these would hang if
+the ranks were not kept in step.
+
+Usage: worker_loop.py MODEL_DIR OUT_DIR ENGINE   (ENGINE: ddp | fsdp2; also run in-process with 1)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from itersft import IterativeSFTTrainer
+from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+from itersft.loop.filters import Threshold
+from itersft.loop.sampler import SamplingConfig
+
+PROMPTS = [f"q{i}:" for i in range(9)]
+META = [{"answer": ("x", "y")[i % 3 == 0]} for i in range(9)]
+
+
+def run(model_dir: str, out: Path, engine: str) -> None:
+    from worker_step import CpuFSDP2Trainer, config  # noqa: PLC0415 (the worker folder is on sys.path)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
+    trainer = trainer_class(model, config(out, engine=engine, shuffle_samples=True), tokenizer=tokenizer)
+    assert trainer.shards_parameters == (engine == "fsdp2")
+    loop = ExpertIteration(trainer, SamplingConfig(num_samples=3, max_new_tokens=4, batch_size=2, seed=1),
+                           "exact_match", Threshold(1.0),
+                           LoopConfig(output_dir=str(out / engine), rounds=2, prompts_per_round=7, step_size=4,
+                                      eval_samples=2, seed=1))
+    loop.run(PROMPTS, META, eval_prompts=PROMPTS[:5], eval_meta=META[:5])
+    trainer.accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], Path(sys.argv[2]), sys.argv[3])
+    sys.stdout.flush()
+    os._exit(0)  # skip the gloo teardown, as worker_step.py explains
