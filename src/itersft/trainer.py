@@ -467,6 +467,18 @@ class IterativeSFTTrainer(Trainer):
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (or adapters) so that `from_pretrained(output_dir)` loads it.
+
+        Under FSDP with `SHARDED_STATE_DICT`, transformers writes no weights here (checkpoints carry the
+        shards instead); for a call from user code (a final save, say) the full state dict is gathered
+        and written. Every process must call it.
+        """
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if (self.is_fsdp_enabled and not _internal_call
+                and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)):
+            self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+
     def save_checkpoint(self, directory: str | os.PathLike, extra: Callable[[Path], None] | None = None) -> None:
         """Write a full checkpoint to `directory`, atomically.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTTrainer
@@ -92,6 +93,18 @@ def test_ranks_end_identical_and_equal_to_one_process_on_the_union(two_rank_run,
         assert moved == set(initial)
 
 
+def test_the_saved_model_loads_with_from_pretrained(two_rank_run, causal_dir):
+    engine, out = two_rank_run
+    saved = out / f"{engine}-final"
+    if engine == "lora":  # the adapters alone, on top of the base model
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(causal_dir), saved)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(saved)
+    loaded = model.state_dict()
+    for name, tensor in torch.load(out / f"{engine}-train-rank0.pt").items():
+        torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0, msg=name)
+
+
 def test_statistics_are_global_and_identical_on_every_rank(two_rank_run, causal_dir):
     engine, out = two_rank_run
     stats = [json.loads((out / f"{engine}-train-stats-rank{r}.json").read_text()) for r in (0, 1)]
@@ -118,4 +131,5 @@ def test_a_checkpoint_written_by_two_ranks_resumes(two_rank_run, causal_dir):
             torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
     saved = {p.name for p in (out / f"{engine}-checkpoint").iterdir()}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= saved
-    assert "optimizer.pt" in saved or any(name.startswith("optimizer") for name in saved), saved
+    # FSDP2 with SHARDED_STATE_DICT: each rank wrote its shard of the weights and of the optimizer state.
+    assert ({"pytorch_model_fsdp_0", "optimizer_0"} if engine == "fsdp2" else {"optimizer.pt"}) <= saved, saved

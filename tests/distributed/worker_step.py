@@ -38,9 +38,10 @@ def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
 
 
 def config(out: Path, batch_size: int = 2, accumulation: int = 2, engine: str = "ddp",
-           **overrides) -> IterativeSFTConfig:
+           state_dict_type: str = "FULL_STATE_DICT", **overrides) -> IterativeSFTConfig:
     """The run's config; `engine="fsdp2"` adds transformers' FSDP2 settings, `overrides` replace any field."""
-    sharding = {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}}
+    sharding = {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                                              "state_dict_type": state_dict_type}}
     return IterativeSFTConfig(**{
         "output_dir": str(out / "trainer"), "report_to": "none", "save_strategy": "no",
         "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": accumulation,
@@ -79,7 +80,9 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
-    trainer = trainer_class(model, config(out, engine=engine), tokenizer=tokenizer, peft_config=peft_config(engine))
+    # FSDP2 checkpoints hold per-rank shards (as in examples/accelerate/fsdp2.yaml); the loop test covers full ones.
+    args = config(out, engine=engine, state_dict_type="SHARDED_STATE_DICT")
+    trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine))
     if engine == "fsdp2":
         assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
     rank = trainer.accelerator.process_index
@@ -93,6 +96,8 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
         if mode == "save" and call == 1:
             trainer.save_checkpoint(out / f"{engine}-checkpoint")
     torch.save(full_parameters(trainer), out / f"{engine}-{mode}-rank{rank}.pt")
+    if mode == "train":
+        trainer.save_model(str(out / f"{engine}-final"))
     (out / f"{engine}-{mode}-stats-rank{rank}.json").write_text(json.dumps(stats))
     trainer.accelerator.wait_for_everyone()
 
