@@ -31,6 +31,7 @@ import torch
 from accelerate.utils.memory import clear_device_cache
 from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.optimization import get_scheduler
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -46,6 +47,7 @@ from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
 from itersft.data.packing import packing_pays, supports_packing
 from itersft.data.truncate import truncate_example
+from itersft.deepspeed_config import finalize_deepspeed_config, zero_stage
 from itersft.distributed import Ranks
 from itersft.loss import causal_summed_loss, label_positions, summed_token_loss
 from itersft.model_loading import (
@@ -190,9 +192,13 @@ class IterativeSFTTrainer(Trainer):
         if self.is_fsdp_enabled and not self.accelerator.is_fsdp2:
             raise ValueError("FSDP1 is not supported: use FSDP2, with `fsdp_version: 2` in the accelerate config file "
                              "or `fsdp_config={'version': 2}` in the training arguments (transformers' default).")
+        if self.is_deepspeed_enabled:
+            finalize_deepspeed_config(self.accelerator, args, self.model)
         if self.optimizer is None:
             self.create_optimizer()
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.is_deepspeed_enabled:
+            self.deepspeed = self.model_wrapped  # the engine; transformers' saving code reads it here
         if self.is_fsdp_enabled:  # the sharded module is the model from now on (saving and loading expect it)
             self.model = self.model_wrapped
             # `generate` reads parameters outside `forward`: let FSDP gather them for it too (needed with LoRA).
@@ -219,8 +225,9 @@ class IterativeSFTTrainer(Trainer):
     @property
     def shards_parameters(self) -> bool:
         """Whether each process holds only a shard of the parameters (FSDP), so every forward pass is a
-        collective: code that runs the model outside `step()` (sampling, say) must keep the ranks in step."""
-        return self.is_fsdp_enabled
+        collective: code that runs the model outside `step()` (sampling, say) must keep the ranks in step.
+        True under FSDP and DeepSpeed ZeRO-3."""
+        return self.is_fsdp_enabled or zero_stage(self.accelerator) == 3
 
     def reset_optimizer(self) -> None:
         """Forget the optimizer's moments and restart the LR schedule (warmup included).
@@ -373,18 +380,17 @@ class IterativeSFTTrainer(Trainer):
         for index, batch_examples in enumerate(window):
             last = index == len(window) - 1
             if not batch_examples:  # this rank ran out of samples: take part in the gradient sync, weightless
-                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                    self.accelerator.backward(self._weightless_loss(model))
+                with self._accumulating(model, last):
+                    self._backward(self._weightless_loss(model))
                 continue
             packed = packable and (batching == "packed" or packing_pays([len(e.input_ids) for e in batch_examples],
                                                                          self.model))
             batch = self._device_batch(batch_examples, packed)
             stats.real_tokens += sum(e.num_real_tokens(self.is_encoder_decoder) for e in batch_examples)
             stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if not shift else 0)
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
-            with sync, self.compute_loss_context_manager():
+            with self._accumulating(model, last), self.compute_loss_context_manager():
                 loss = self._summed_loss(model, batch)
-                self.accelerator.backward(loss * scale)
+                self._backward(loss * scale)
             loss_sum += loss.detach()
             if not last:
                 self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
@@ -395,23 +401,41 @@ class IterativeSFTTrainer(Trainer):
             loss_sum = self.accelerator.reduce(loss_sum, reduction="sum")
         loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            model.zero_grad(set_to_none=True)
+            if not self.is_deepspeed_enabled:  # DeepSpeed skipped the step itself and cleared the gradients
+                model.zero_grad(set_to_none=True)
             stats.skipped_updates += 1
             logger.warning("step(): skipped an optimizer update: non-finite %s (loss sum %s, grad norm %s). "
                            "The weights were not changed.", "loss" if not math.isfinite(loss_value)
                            else "gradient", loss_value, norm_value)
             return
         self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
-        self.optimizer.step()
+        if not self.is_deepspeed_enabled:  # DeepSpeed's engine clipped, stepped and cleared in the last backward
+            self.optimizer.step()
+            model.zero_grad(set_to_none=True)
         self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
         learning_rate = self._get_learning_rate()
         self.lr_scheduler.step()
-        model.zero_grad(set_to_none=True)
         self.state.global_step += 1
         stats.record_update(loss_value, window_tokens, norm_value, learning_rate)
         self.control = self.callback_handler.on_step_end(self.args, self.state, self.control)
         if self.state.global_step == self.args.max_steps + 1:
             logger.warning("global_step passed `max_steps`=%d: the LR schedule's horizon is over.", self.args.max_steps)
+
+    def _accumulating(self, model, last: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch's forward and backward: gradients are reduced over ranks on the
+        window's last micro-batch only. DeepSpeed reads the same flag to take its step at that boundary."""
+        if self.is_deepspeed_enabled:
+            self.accelerator.sync_gradients = last
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward of an already normalised loss (DeepSpeed must not divide it by its accumulation steps:
+        a window may be shorter, and its normalisation is the window's token count)."""
+        if self.is_deepspeed_enabled:
+            self.accelerator.backward(loss, scale_wrt_gas=False)
+        else:
+            self.accelerator.backward(loss)
 
     def _device_batch(self, examples: list[Example], packed: bool) -> dict[str, torch.Tensor]:
         """Collate on the host and move to the device; causal label positions are found on the host,
@@ -510,7 +534,12 @@ class IterativeSFTTrainer(Trainer):
                 return None
         if not os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)):
             raise ValueError(f"`checkpoint`={checkpoint!r} is not a checkpoint folder (no {TRAINER_STATE_NAME}).")
-        self._load_from_checkpoint(checkpoint)
+        if self.is_deepspeed_enabled:  # the engine restores weights and optimizer shards from `global_step*/`
+            # With adapters, the engine's checkpoint holds the trainable (adapter) weights only.
+            adapters = getattr(self.model, "active_peft_config", None) is not None
+            deepspeed_load_checkpoint(self.model_wrapped, checkpoint, load_module_strict=not adapters)
+        else:
+            self._load_from_checkpoint(checkpoint)
         self._load_optimizer_and_scheduler(checkpoint)
         self._load_scaler(checkpoint)
         state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))

@@ -13,7 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import worker_loop  # noqa: E402
+from test_two_processes import launch, needs_deepspeed  # noqa: E402
 
 PROMPTS = [f"q{i}:" for i in range(10)]
 ANSWERS = ["x" if i % 2 else "y" for i in range(10)]
@@ -63,15 +68,12 @@ def test_two_process_loop_writes_the_same_artefacts(tmp_path, answering_dir):
     assert second[0]["samples_drawn"] == 7 * 3
 
 
-def test_fsdp2_loop_keeps_ranks_in_step_and_matches_one_process(tmp_path, answering_dir):
+@pytest.mark.parametrize("engine", ["fsdp2", pytest.param("zero3", marks=needs_deepspeed)])
+def test_sharded_loop_keeps_ranks_in_step_and_matches_one_process(engine, tmp_path, answering_dir):
     """Sharded parameters make every forward a collective; uneven shares must neither hang nor change samples."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import worker_loop
-    from test_two_processes import launch
-
-    launch("worker_loop.py", str(answering_dir), str(tmp_path), "fsdp2", timeout=300)
+    launch("worker_loop.py", str(answering_dir), str(tmp_path), engine, timeout=300)
     worker_loop.run(str(answering_dir), tmp_path, "single")
-    one, two = tmp_path / "single", tmp_path / "fsdp2"
+    one, two = tmp_path / "single", tmp_path / engine
     assert (one / "accepted" / "round-0000.jsonl").read_text() == (two / "accepted" / "round-0000.jsonl").read_text()
     assert (two / "accepted" / "round-0000.jsonl").read_text()  # something was kept, so round 0 trained
     first = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]

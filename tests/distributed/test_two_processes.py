@@ -8,6 +8,7 @@ plain DDP does with a per-rank mean loss) would give rank 1's few short samples 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -28,6 +29,8 @@ sys.path.insert(0, str(HERE))
 import worker_step  # noqa: E402
 
 TIMING = {"step_time", "tokens_per_second"}
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed is not installed (`make test` installs it)")
 
 
 def launch(script: str, *args: str, timeout: int = 180) -> None:
@@ -48,7 +51,8 @@ def launch(script: str, *args: str, timeout: int = 180) -> None:
     assert process.returncode == 0, stdout[-4000:] + stderr[-8000:]
 
 
-@pytest.fixture(scope="module", params=worker_step.ENGINES)
+@pytest.fixture(scope="module", params=[pytest.param(engine, marks=needs_deepspeed if engine.startswith("zero") else ())
+                                        for engine in worker_step.ENGINES])
 def two_rank_run(request, tmp_path_factory, causal_dir):
     """(engine, output folder) of a 2-rank training run."""
     engine = request.param
@@ -75,11 +79,21 @@ def test_ranks_end_identical_and_equal_to_one_process_on_the_union(two_rank_run,
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     reference = IterativeSFTTrainer(model, worker_step.config(tmp_path, batch_size=64, accumulation=1),
                                     tokenizer=tokenizer, peft_config=worker_step.peft_config(engine))
+    two_rank_stats = json.loads((out / f"{engine}-train-stats-rank0.json").read_text())
     for call in range(worker_step.CALLS):
         shares = [worker_step.rank_samples(rank, call, len(tokenizer)) for rank in (0, 1)]
         micro_batches = max(-(-len(s) // 2) for s in shares)
-        for window0, window1 in zip(*(_windows(s, micro_batches=micro_batches) for s in shares)):
-            assert reference.step(input_ids=window0 + window1)["updates"] == 1
+        updates = [reference.step(input_ids=window0 + window1)
+                   for window0, window1 in zip(*(_windows(s, micro_batches=micro_batches) for s in shares))]
+        assert [u["updates"] for u in updates] == [1, 1]
+        # The loss, the pre-clip gradient norm (which Adam's updates would not reveal a wrong scale of)
+        # and the warmup LR of the 2-rank updates are the union's.
+        tokens = sum(u["trained_tokens"] for u in updates)
+        expected = {"loss": sum(u["loss"] * u["trained_tokens"] for u in updates) / tokens,
+                    "grad_norm": sum(u["grad_norm"] for u in updates) / 2,
+                    "learning_rate": updates[-1]["learning_rate"]}
+        for key, value in expected.items():
+            assert two_rank_stats[call][key] == pytest.approx(value, rel=1e-4), (call, key)
     assert reference.state.global_step == 6
     # Weights move by ~6e-2; summation order alone leaves ~1e-5. Per-rank averaging misses by far more.
     trained = reference.model.state_dict()
@@ -132,4 +146,7 @@ def test_a_checkpoint_written_by_two_ranks_resumes(two_rank_run, causal_dir):
     saved = {p.name for p in (out / f"{engine}-checkpoint").iterdir()}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= saved
     # FSDP2 with SHARDED_STATE_DICT: each rank wrote its shard of the weights and of the optimizer state.
-    assert ({"pytorch_model_fsdp_0", "optimizer_0"} if engine == "fsdp2" else {"optimizer.pt"}) <= saved, saved
+    # DeepSpeed: the engine's own checkpoint (weights and each rank's optimizer partition) in global_step<N>/.
+    expected = {"fsdp2": {"pytorch_model_fsdp_0", "optimizer_0"}, "zero2": {"global_step4", "scheduler.pt"},
+                "zero3": {"global_step4", "scheduler.pt"}}.get(engine, {"optimizer.pt"})
+    assert expected <= saved, saved

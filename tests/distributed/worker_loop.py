@@ -2,10 +2,10 @@
 
 The shares are uneven on purpose: 9 prompts and sampling batches of 2 give the ranks different
 numbers of `generate` calls, and round 1's prompt slice wraps around, so one rank samples two runs of
-prompts and the other one. Under FSDP2 every forward is a collective, so any of these would hang if
-the ranks were not kept in step.
+prompts and the other one. Under FSDP2 and ZeRO-3 every forward is a collective, so any of these
+would hang or fail if the ranks were not kept in step.
 
-Usage: worker_loop.py MODEL_DIR OUT_DIR ENGINE   (ENGINE: ddp | fsdp2; also run in-process with 1)
+Usage: worker_loop.py MODEL_DIR OUT_DIR ENGINE   (ENGINE: as in worker_step.py; `single` runs in-process)
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ META = [{"answer": ("x", "y")[i % 3 == 0]} for i in range(9)]
 
 
 def run(model_dir: str, out: Path, engine: str) -> None:
-    from worker_step import CpuFSDP2Trainer, config  # noqa: PLC0415 (the worker folder is on sys.path)
+    from worker_step import CpuFSDP2Trainer, config, use_gloo_process_group  # the worker folder is on sys.path
 
+    use_gloo_process_group(engine)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
     trainer = trainer_class(model, config(out, engine=engine, shuffle_samples=True), tokenizer=tokenizer)
-    assert trainer.shards_parameters == (engine == "fsdp2")
+    assert trainer.shards_parameters == (engine in ("fsdp2", "zero3"))
     loop = ExpertIteration(trainer, SamplingConfig(num_samples=3, max_new_tokens=4, batch_size=2, seed=1),
                            "exact_match", Threshold(1.0),
                            LoopConfig(output_dir=str(out / engine), rounds=2, prompts_per_round=7, step_size=4,

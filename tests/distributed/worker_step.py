@@ -6,11 +6,13 @@ and longer ones. Writes each rank's full parameters and step() statistics to the
 Usage: worker_step.py MODEL_DIR OUT_DIR MODE ENGINE
     MODE: train | save | resume
     ENGINE: ddp | fsdp2 (FSDP2 through accelerate, every parameter sharded over the 2 ranks) |
-            lora (LoRA adapters from `peft_config`, under DDP)
+            lora (LoRA adapters from `peft_config`, under DDP) |
+            zero2 | zero3 (DeepSpeed ZeRO stage 2 / 3 through accelerate)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +28,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 CALLS = 3
-ENGINES = ("ddp", "fsdp2", "lora")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ENGINES = ("ddp", "fsdp2", "lora", "zero2", "zero3")
 
 
 def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
@@ -39,14 +42,28 @@ def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
 
 def config(out: Path, batch_size: int = 2, accumulation: int = 2, engine: str = "ddp",
            state_dict_type: str = "FULL_STATE_DICT", **overrides) -> IterativeSFTConfig:
-    """The run's config; `engine="fsdp2"` adds transformers' FSDP2 settings, `overrides` replace any field."""
-    sharding = {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
-                                              "state_dict_type": state_dict_type}}
+    """The run's config for `engine` (see the module docstring); `overrides` replace any field."""
+    engine_args = {
+        "fsdp2": {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                                                "state_dict_type": state_dict_type}},
+        # The shipped DeepSpeed configs. accelerate runs DeepSpeed only without `use_cpu`; the gloo process
+        # group comes from `use_gloo_process_group()`, which transformers takes over (`use_configured_state`).
+        **{f"zero{stage}": {"use_cpu": False, "accelerator_config": {"use_configured_state": True},
+                            "deepspeed": str(EXAMPLES / "deepspeed" / f"zero{stage}.json")} for stage in (2, 3)},
+    }
     return IterativeSFTConfig(**{
         "output_dir": str(out / "trainer"), "report_to": "none", "save_strategy": "no",
         "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": accumulation,
-        "learning_rate": 1e-2, "use_cpu": True, "max_grad_norm": 0.0, "shuffle_samples": False, "seed": 0,
-        **(sharding if engine == "fsdp2" else {}), **overrides})
+        "learning_rate": 1e-2, "warmup_steps": 2, "use_cpu": True, "max_grad_norm": 0.0, "shuffle_samples": False,
+        "seed": 0,
+        **engine_args.get(engine, {}), **overrides})
+
+
+def use_gloo_process_group(engine: str) -> None:
+    """DeepSpeed on CPU: start accelerate's process state on gloo before transformers would pick a backend."""
+    if engine.startswith("zero"):
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
 
 
 def peft_config(engine: str) -> LoraConfig | None:
@@ -72,11 +89,18 @@ class CpuFSDP2Trainer(IterativeSFTTrainer):
 
 def full_parameters(trainer: IterativeSFTTrainer) -> dict[str, torch.Tensor]:
     """Every entry of the model's state dict, unsharded, on the host."""
-    return {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
-            for name, value in trainer.model.state_dict().items()}
+    gathered = contextlib.nullcontext()
+    if trainer.is_deepspeed_enabled and trainer.shards_parameters:  # ZeRO-3 partitions every parameter
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(trainer.model.parameters()))
+    with gathered:
+        return {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu().clone()
+                for name, value in trainer.model.state_dict().items()}
 
 
 def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
+    use_gloo_process_group(engine)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
@@ -85,6 +109,9 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine))
     if engine == "fsdp2":
         assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
+    if engine.startswith("zero"):
+        assert type(trainer.model_wrapped).__name__ == "DeepSpeedEngine"
+        assert trainer.accelerator.state.deepspeed_plugin.zero_stage == int(engine[-1])
     rank = trainer.accelerator.process_index
     first = 0
     if mode == "resume":
