@@ -189,6 +189,15 @@ class IterativeSFTTrainer(Trainer):
         self.state.max_steps = horizon or NO_HORIZON
         self.state.compute_steps(args, self.state.max_steps)
         self.state.train_batch_size = args.per_device_train_batch_size
+        self._prepare_engine()
+        if self.lr_scheduler is None:
+            self._create_schedule()
+        for name in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, name, getattr(self, name))
+
+    def _prepare_engine(self) -> None:
+        """Create the optimizer and hand model and optimizer to accelerate's engine (DDP, FSDP2, DeepSpeed)."""
+        args = self.args
         if self.is_fsdp_enabled and not self.accelerator.is_fsdp2:
             raise ValueError("FSDP1 is not supported: use FSDP2, with `fsdp_version: 2` in the accelerate config file "
                              "or `fsdp_config={'version': 2}` in the training arguments (transformers' default).")
@@ -203,13 +212,6 @@ class IterativeSFTTrainer(Trainer):
             self.model = self.model_wrapped
             # `generate` reads parameters outside `forward`: let FSDP gather them for it too (needed with LoRA).
             torch.distributed.fsdp.register_fsdp_forward_method(self.model, "generate")
-        elif getattr(args, "fsdp", None):
-            logger.warning("`fsdp` is set but accelerate runs %s without FSDP (it shards only on accelerators); "
-                           "training is data-parallel with full replicas.", self.accelerator.distributed_type)
-        if self.lr_scheduler is None:
-            self._create_schedule()
-        for name in ("model", "optimizer", "lr_scheduler"):
-            setattr(self.callback_handler, name, getattr(self, name))
 
     def _create_schedule(self) -> None:
         args = self.args

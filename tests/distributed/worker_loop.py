@@ -3,7 +3,8 @@
 The shares are uneven on purpose: 9 prompts and sampling batches of 2 give the ranks different
 numbers of `generate` calls, and round 1's prompt slice wraps around, so one rank samples two runs of
 prompts and the other one. Under FSDP2 and ZeRO-3 every forward is a collective, so any of these
-would hang or fail if the ranks were not kept in step.
+would hang or fail if the ranks were not kept in step. Each round starts with a fresh optimizer state
+(`reset_optimizer`), which the engines' optimizer wrappers must allow.
 
 Usage: worker_loop.py MODEL_DIR OUT_DIR ENGINE   (ENGINE: as in worker_step.py; `single` runs in-process)
 """
@@ -37,7 +38,7 @@ def run(model_dir: str, out: Path, engine: str) -> None:
     loop = ExpertIteration(trainer, SamplingConfig(num_samples=3, max_new_tokens=4, batch_size=2, seed=1),
                            "exact_match", Threshold(1.0),
                            LoopConfig(output_dir=str(out / engine), rounds=2, prompts_per_round=7, step_size=4,
-                                      eval_samples=2, seed=1))
+                                      eval_samples=2, reset_optimizer=True, seed=1))
     loop.run(PROMPTS, META, eval_prompts=PROMPTS[:5], eval_meta=META[:5])
     trainer.accelerator.wait_for_everyone()
 

@@ -248,3 +248,19 @@ def test_is_a_transformers_trainer(causal_model, tokenizer, tmp_path):
 def test_missing_model_raises(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="model"):
         IterativeSFTTrainer(None, config(tmp_path), tokenizer)
+
+
+def test_fsdp1_is_refused_with_a_pointer_to_fsdp2(causal_model, tokenizer, tmp_path, monkeypatch):
+    """FSDP1 (deprecated in transformers) is not supported; FSDP2 is tested in tests/distributed."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    class WithFsdp1(IterativeSFTTrainer):  # what transformers sets up when an FSDP1 config is launched
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=1)
+            monkeypatch.setitem(AcceleratorState._shared_state, "fsdp_plugin", plugin)  # undone after the test
+            self.is_fsdp_enabled = True
+
+    with pytest.raises(ValueError, match="FSDP1 is not supported: use FSDP2"):
+        WithFsdp1(causal_model, config(tmp_path), tokenizer)
