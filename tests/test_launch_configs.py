@@ -1,8 +1,8 @@
 """The launch configs in examples/ are what accelerate and IterativeSFTTrainer accept.
 
-The DeepSpeed json files are also the configs the 2-process ZeRO tests train with
-(tests/distributed/worker_step.py); the GPU yaml files cannot launch on CPU, so here they are parsed
-by accelerate's own loader and checked against what the trainer supports.
+fsdp2.yaml, deepspeed_zero2.yaml and both DeepSpeed json files also train in the 2-process tests
+(tests/distributed/worker_step.py); here every file is parsed by accelerate's own loader and checked
+against what the trainer supports.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from itersft import IterativeSFTTrainer
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # launch files name their json configs relative to the repository root
 sys.path.insert(0, str(HERE))
 import worker_step  # noqa: E402
 
@@ -33,14 +34,19 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
                                      reason="deepspeed is not installed (`make test` installs it)")
 
 
-def launch(script: str, *args: str, timeout: int = 180) -> None:
+def launch(script: str, *args: str, timeout: int = 180, launch_file: Path | None = None) -> None:
+    """Run `script` in 2 processes: with torchrun, or as `accelerate launch --config_file launch_file`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), str(HERE / script), *args]
+    if launch_file is None:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                   "127.0.0.1", "--master_port", str(port), str(HERE / script), *args]
+    else:  # the launch file as shipped, scaled down to 2 processes on this machine
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_file),
+                   "--num_processes", "2", "--main_process_port", str(port), str(HERE / script), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
@@ -51,13 +57,17 @@ def launch(script: str, *args: str, timeout: int = 180) -> None:
     assert process.returncode == 0, stdout[-4000:] + stderr[-8000:]
 
 
+def run_worker(model_dir: Path, out: Path, mode: str, engine: str) -> None:
+    launch("worker_step.py", str(model_dir), str(out), mode, engine, launch_file=worker_step.LAUNCH_FILES.get(engine))
+
+
 @pytest.fixture(scope="module", params=[pytest.param(engine, marks=needs_deepspeed if engine.startswith("zero") else ())
                                         for engine in worker_step.ENGINES])
 def two_rank_run(request, tmp_path_factory, causal_dir):
     """(engine, output folder) of a 2-rank training run."""
     engine = request.param
     out = tmp_path_factory.mktemp(engine)
-    launch("worker_step.py", str(causal_dir), str(out), "train", engine)
+    run_worker(causal_dir, out, "train", engine)
     return engine, out
 
 
@@ -135,8 +145,8 @@ def test_statistics_are_global_and_identical_on_every_rank(two_rank_run, causal_
 
 def test_a_checkpoint_written_by_two_ranks_resumes(two_rank_run, causal_dir):
     engine, out = two_rank_run
-    launch("worker_step.py", str(causal_dir), str(out), "save", engine)
-    launch("worker_step.py", str(causal_dir), str(out), "resume", engine)
+    for mode in ("save", "resume"):
+        run_worker(causal_dir, out, mode, engine)
     uninterrupted = torch.load(out / f"{engine}-save-rank0.pt")
     for rank in (0, 1):
         resumed = torch.load(out / f"{engine}-resume-rank{rank}.pt")
@@ -145,7 +155,7 @@ def test_a_checkpoint_written_by_two_ranks_resumes(two_rank_run, causal_dir):
             torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
     saved = {p.name for p in (out / f"{engine}-checkpoint").iterdir()}
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= saved
-    # FSDP2 with SHARDED_STATE_DICT: each rank wrote its shard of the weights and of the optimizer state.
+    # FSDP2 with SHARDED_STATE_DICT (fsdp2.yaml): each rank wrote its shard of the weights and optimizer state.
     # DeepSpeed: the engine's own checkpoint (weights and each rank's optimizer partition) in global_step<N>/.
     expected = {"fsdp2": {"pytorch_model_fsdp_0", "optimizer_0"}, "zero2": {"global_step4", "scheduler.pt"},
                 "zero3": {"global_step4", "scheduler.pt"}}.get(engine, {"optimizer.pt"})

@@ -1,13 +1,17 @@
-"""Run by `torch.distributed.run` with 2 CPU processes (gloo) from test_two_processes.py.
+"""Run with 2 CPU processes (gloo) from test_two_processes.py, by torchrun or `accelerate launch`.
 
 Each rank trains on its own, deliberately uneven, samples: rank 0 gets three times as many as rank 1,
 and longer ones. Writes each rank's full parameters and step() statistics to the output folder.
 
 Usage: worker_step.py MODEL_DIR OUT_DIR MODE ENGINE
     MODE: train | save | resume
-    ENGINE: ddp | fsdp2 (FSDP2 through accelerate, every parameter sharded over the 2 ranks) |
-            lora (LoRA adapters from `peft_config`, under DDP) |
-            zero2 | zero3 (DeepSpeed ZeRO stage 2 / 3 through accelerate)
+    ENGINE: ddp | lora (LoRA adapters from `peft_config`, under DDP) |
+            fsdp2 (FSDP2, every parameter sharded over the 2 ranks) |
+            zero2 | zero3 (DeepSpeed ZeRO stage 2 / 3)
+
+The engines in `LAUNCH_FILES` are launched with `accelerate launch --config_file` and the shipped
+launch file, whose settings reach the trainer through the environment; the others through torchrun
+with the engine set in the training arguments (`config(..., engine=...)`), the other way users pick one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from itersft import IterativeSFTConfig, IterativeSFTTrainer
 CALLS = 3
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ENGINES = ("ddp", "fsdp2", "lora", "zero2", "zero3")
+LAUNCH_FILES = {"fsdp2": EXAMPLES / "accelerate" / "fsdp2.yaml",
+                "zero2": EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"}
 
 
 def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
@@ -41,15 +47,17 @@ def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
 
 
 def config(out: Path, batch_size: int = 2, accumulation: int = 2, engine: str = "ddp",
-           state_dict_type: str = "FULL_STATE_DICT", **overrides) -> IterativeSFTConfig:
-    """The run's config for `engine` (see the module docstring); `overrides` replace any field."""
-    engine_args = {
-        "fsdp2": {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
-                                                "state_dict_type": state_dict_type}},
-        # The shipped DeepSpeed configs. accelerate runs DeepSpeed only without `use_cpu`; the gloo process
-        # group comes from `use_gloo_process_group()`, which transformers takes over (`use_configured_state`).
-        **{f"zero{stage}": {"use_cpu": False, "accelerator_config": {"use_configured_state": True},
-                            "deepspeed": str(EXAMPLES / "deepspeed" / f"zero{stage}.json")} for stage in (2, 3)},
+           from_launch_file: bool = False, **overrides) -> IterativeSFTConfig:
+    """The run's config for `engine` (see the module docstring); `overrides` replace any field.
+
+    `from_launch_file`: the engine's settings come from the launch file, not from these arguments."""
+    # accelerate runs DeepSpeed only without `use_cpu`; the gloo process group comes from
+    # `use_gloo_process_group()`, which transformers takes over (`use_configured_state`).
+    deepspeed_on_cpu = {"use_cpu": False, "accelerator_config": {"use_configured_state": True}}
+    engine_args = {"zero2": deepspeed_on_cpu, "zero3": deepspeed_on_cpu} if from_launch_file else {
+        "fsdp2": {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}},
+        **{f"zero{stage}": {**deepspeed_on_cpu, "deepspeed": str(EXAMPLES / "deepspeed" / f"zero{stage}.json")}
+           for stage in (2, 3)},
     }
     return IterativeSFTConfig(**{
         "output_dir": str(out / "trainer"), "report_to": "none", "save_strategy": "no",
@@ -83,7 +91,8 @@ class CpuFSDP2Trainer(IterativeSFTTrainer):
         super().create_accelerator_and_postprocess()
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
         self.accelerator.state.distributed_type = DistributedType.FSDP
-        self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        # From the training arguments, or else from the environment `accelerate launch` set from its file.
+        self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**(self.args.fsdp_plugin_args or {}))
         self.is_fsdp_enabled = True
 
 
@@ -104,8 +113,7 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
-    # FSDP2 checkpoints hold per-rank shards (as in examples/accelerate/fsdp2.yaml); the loop test covers full ones.
-    args = config(out, engine=engine, state_dict_type="SHARDED_STATE_DICT")
+    args = config(out, engine=engine, from_launch_file=engine in LAUNCH_FILES)
     trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine))
     if engine == "fsdp2":
         assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
