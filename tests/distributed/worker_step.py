@@ -6,7 +6,7 @@ and longer ones. Writes each rank's full parameters and step() statistics to the
 Usage: worker_step.py MODEL_DIR OUT_DIR MODE ENGINE
     MODE: train | save | resume
     ENGINE: ddp | lora (LoRA adapters from `peft_config`, under DDP) |
-            fsdp2 (FSDP2, every parameter sharded over the 2 ranks) |
+            fsdp2 (FSDP2, every parameter sharded over the 2 ranks) | fsdp2-lora (LoRA under FSDP2) |
             zero2 | zero3 (DeepSpeed ZeRO stage 2 / 3)
 
 The engines in `LAUNCH_FILES` are launched with `accelerate launch --config_file` and the shipped
@@ -33,7 +33,7 @@ from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 CALLS = 3
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-ENGINES = ("ddp", "fsdp2", "lora", "zero2", "zero3")
+ENGINES = ("ddp", "lora", "fsdp2", "fsdp2-lora", "zero2", "zero3")
 LAUNCH_FILES = {"fsdp2": EXAMPLES / "accelerate" / "fsdp2.yaml",
                 "zero2": EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"}
 
@@ -55,7 +55,8 @@ def config(out: Path, batch_size: int = 2, accumulation: int = 2, engine: str = 
     # `use_gloo_process_group()`, which transformers takes over (`use_configured_state`).
     deepspeed_on_cpu = {"use_cpu": False, "accelerator_config": {"use_configured_state": True}}
     engine_args = {"zero2": deepspeed_on_cpu, "zero3": deepspeed_on_cpu} if from_launch_file else {
-        "fsdp2": {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}},
+        **{engine: {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}}
+           for engine in ("fsdp2", "fsdp2-lora")},
         **{f"zero{stage}": {**deepspeed_on_cpu, "deepspeed": str(EXAMPLES / "deepspeed" / f"zero{stage}.json")}
            for stage in (2, 3)},
     }
@@ -75,7 +76,7 @@ def use_gloo_process_group(engine: str) -> None:
 
 
 def peft_config(engine: str) -> LoraConfig | None:
-    return LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if engine == "lora" else None
+    return LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if "lora" in engine else None
 
 
 class CpuFSDP2Trainer(IterativeSFTTrainer):
@@ -112,10 +113,10 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     use_gloo_process_group(engine)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
+    trainer_class = CpuFSDP2Trainer if engine.startswith("fsdp2") else IterativeSFTTrainer
     args = config(out, engine=engine, from_launch_file=engine in LAUNCH_FILES)
     trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine))
-    if engine == "fsdp2":
+    if engine.startswith("fsdp2"):
         assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
     if engine.startswith("zero"):
         assert type(trainer.model_wrapped).__name__ == "DeepSpeedEngine"
