@@ -104,7 +104,7 @@ def test_ranks_end_identical_and_equal_to_one_process_on_the_union(two_rank_run,
                     "learning_rate": updates[-1]["learning_rate"]}
         for key, value in expected.items():
             assert two_rank_stats[call][key] == pytest.approx(value, rel=1e-4), (call, key)
-    assert reference.state.global_step == 6
+    assert reference.state.global_step == 2 * worker_step.CALLS
     # Weights move by ~6e-2; summation order alone leaves ~1e-5. Per-rank averaging misses by far more.
     trained = reference.model.state_dict()
     assert trained.keys() == rank0.keys()
@@ -137,7 +137,7 @@ def test_statistics_are_global_and_identical_on_every_rank(two_rank_run, causal_
     vocab = len(AutoTokenizer.from_pretrained(causal_dir))
     for call, step in enumerate(stats[0]):
         samples = [s for rank in (0, 1) for s in worker_step.rank_samples(rank, call, vocab)]
-        assert step["samples"] == 8
+        assert step["samples"] == len(samples) == (8 if call < worker_step.CALLS - 1 else 6)
         assert step["trained_tokens"] == sum(len(s) - 1 for s in samples)
         assert step["total_tokens"] == sum(len(s) for s in samples)
         assert step["updates"] == 2 and step["global_step"] == 2 * (call + 1)

@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
-CALLS = 3
+CALLS = 4
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ENGINES = ("ddp", "lora", "fsdp2", "fsdp2-lora", "zero2", "zero3")
 LAUNCH_FILES = {"fsdp2": EXAMPLES / "accelerate" / "fsdp2.yaml",
@@ -39,7 +39,10 @@ LAUNCH_FILES = {"fsdp2": EXAMPLES / "accelerate" / "fsdp2.yaml",
 
 
 def rank_samples(rank: int, call: int, vocab: int) -> list[torch.Tensor]:
-    """Rank 0: 6 samples of 9-20 tokens; rank 1: 2 samples of 3-6 tokens (different every call)."""
+    """Rank 0: 6 samples of 9-20 tokens; rank 1: 2 samples of 3-6 tokens (different every call), and none
+    in the last call, where it must still join every collective of rank 0's updates."""
+    if rank == 1 and call == CALLS - 1:
+        return []
     generator = torch.Generator().manual_seed(100 * call + rank)
     count, (low, high) = (6, (9, 21)) if rank == 0 else (2, (3, 7))
     lengths = torch.randint(low, high, (count,), generator=generator).tolist()
