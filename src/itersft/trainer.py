@@ -226,9 +226,9 @@ class IterativeSFTTrainer(Trainer):
 
     @property
     def shards_parameters(self) -> bool:
-        """Whether each process holds only a shard of the parameters (FSDP), so every forward pass is a
-        collective: code that runs the model outside `step()` (sampling, say) must keep the ranks in step.
-        True under FSDP and DeepSpeed ZeRO-3."""
+        """Whether each process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3), so that every
+        forward pass is a collective: code that runs the model outside `step()` (sampling, say) must keep
+        the ranks in step."""
         return self.is_fsdp_enabled or zero_stage(self.accelerator) == 3
 
     def reset_optimizer(self) -> None:
