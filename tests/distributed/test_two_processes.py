@@ -78,7 +78,33 @@ def _windows(samples: list, batch_size: int = 2, accumulation: int = 2, micro_ba
 
 
 def test_ranks_end_identical_and_equal_to_one_process_on_the_union(two_rank_run, causal_dir, tmp_path):
-    engine, out = two_rank_run
+    assert_equal_to_one_process_on_the_union(*two_rank_run, causal_dir, tmp_path)
+
+
+def test_two_machines_train_as_one(causal_dir, tmp_path):
+    """Two torchrun launchers, one process each, meeting at a rendezvous address: the several-machines
+    recipe simulated on this machine (each process is local rank 0 of its "machine")."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               str(HERE / "worker_step.py"), str(causal_dir), str(tmp_path), "train", "ddp"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                              start_new_session=True) for node in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=180) for node in nodes]
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGKILL)
+        raise AssertionError("2-machine run timed out") from None
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stdout[-4000:] + stderr[-8000:]
+    assert_equal_to_one_process_on_the_union("ddp", tmp_path, causal_dir, tmp_path / "reference")
+
+
+def assert_equal_to_one_process_on_the_union(engine: str, out: Path, causal_dir: Path, tmp_path: Path) -> None:
     rank0 = torch.load(out / f"{engine}-train-rank0.pt")
     rank1 = torch.load(out / f"{engine}-train-rank1.pt")
     for name in rank0:
