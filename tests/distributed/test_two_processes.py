@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -167,6 +168,21 @@ def test_statistics_are_global_and_identical_on_every_rank(two_rank_run, causal_
         assert step["trained_tokens"] == sum(len(s) - 1 for s in samples)
         assert step["total_tokens"] == sum(len(s) for s in samples)
         assert step["updates"] == 2 and step["global_step"] == 2 * (call + 1)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2", pytest.param("zero2", marks=needs_deepspeed),
+                                    pytest.param("zero3", marks=needs_deepspeed)])
+def test_a_non_finite_update_is_skipped_on_every_rank(engine, causal_dir, tmp_path):
+    """Rank 0's forward turns NaN in call 1: both ranks skip both updates (DeepSpeed skips inside its
+    engine), say so in the statistics, keep finite weights, and train normally afterwards."""
+    run_worker(causal_dir, tmp_path, "nonfinite", engine)
+    for rank in (0, 1):
+        stats = json.loads((tmp_path / f"{engine}-nonfinite-stats-rank{rank}.json").read_text())
+        assert [(s["updates"], s["skipped_updates"]) for s in stats] == [(2, 0), (0, 2), (2, 0), (2, 0)]
+        assert stats[1]["global_step"] == stats[0]["global_step"] == 2 and stats[-1]["global_step"] == 6
+        assert all(math.isfinite(s["loss"]) for s in stats[2:])
+        parameters = torch.load(tmp_path / f"{engine}-nonfinite-rank{rank}.pt")
+        assert all(torch.isfinite(tensor).all() for tensor in parameters.values())
 
 
 def test_a_checkpoint_written_by_two_ranks_resumes(two_rank_run, causal_dir):

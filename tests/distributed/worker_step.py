@@ -4,7 +4,7 @@ Each rank trains on its own, deliberately uneven, samples: rank 0 gets three tim
 and longer ones. Writes each rank's full parameters and step() statistics to the output folder.
 
 Usage: worker_step.py MODEL_DIR OUT_DIR MODE ENGINE
-    MODE: train | save | resume
+    MODE: train | save | resume | nonfinite (rank 0's forward yields NaN in call 1: no update may be taken)
     ENGINE: ddp | lora (LoRA adapters from `peft_config`, under DDP) |
             fsdp2 (FSDP2, every parameter sharded over the 2 ranks) | fsdp2-lora (LoRA under FSDP2) |
             zero2 | zero3 (DeepSpeed ZeRO stage 2 / 3)
@@ -112,6 +112,16 @@ def full_parameters(trainer: IterativeSFTTrainer) -> dict[str, torch.Tensor]:
                 for name, value in trainer.model.state_dict().items()}
 
 
+@contextlib.contextmanager
+def nan_after(module: torch.nn.Module):
+    """Inside: `module`'s output is NaN, so the loss and every gradient of the update become NaN."""
+    handle = module.register_forward_hook(lambda _module, _inputs, output: output * float("nan"))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     use_gloo_process_group(engine)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -131,7 +141,11 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
         first = 2
     stats = []
     for call in range(first, CALLS):
-        stats.append(trainer.step(input_ids=rank_samples(rank, call, len(tokenizer))))
+        poison = contextlib.nullcontext()
+        if mode == "nonfinite" and call == 1 and rank == 0:
+            poison = nan_after(dict(trainer.model.named_modules())["model.norm"])
+        with poison:
+            stats.append(trainer.step(input_ids=rank_samples(rank, call, len(tokenizer))))
         if mode == "save" and call == 1:
             trainer.save_checkpoint(out / f"{engine}-checkpoint")
     torch.save(full_parameters(trainer), out / f"{engine}-{mode}-rank{rank}.pt")
