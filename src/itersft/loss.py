@@ -13,9 +13,9 @@ Two ways to compute the same number for a causal LM:
 The second path is taken only where it is provably the same computation: a model class whose forward
 is `lm_head(decoder(...))` and nothing else (`SEPARABLE_HEAD_MODEL_TYPES`), called directly (not
 through DDP, FSDP, DeepSpeed or `torch.compile`, whose wrappers must see the forward), a plain
-`nn.Linear` head (not LoRA-wrapped, quantised or offloaded) and no prompt-learning adapter. Otherwise a
-model whose forward takes `logits_to_keep` computes logits at the label positions only, through the
-wrapper; anything else gets full logits.
+`nn.Linear` head (not LoRA-wrapped, quantised, offloaded or partitioned by ZeRO-3) and no
+prompt-learning adapter. Otherwise a model whose forward takes `logits_to_keep` computes logits at the
+label positions only, through the wrapper; anything else gets full logits.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def separable_head(model: nn.Module, wrapped: nn.Module) -> tuple[nn.Module, nn.
     decoder = getattr(model, model.base_model_prefix, None)
     if type(head) is not nn.Linear or decoder is None or getattr(head, "_hf_hook", None) is not None:
         return None
-    if head._forward_hooks or head._forward_pre_hooks:
+    if head._forward_hooks or head._forward_pre_hooks:  # e.g. ZeRO-3 gathers the weight only in the head's forward
         return None
     return decoder, head
 

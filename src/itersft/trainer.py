@@ -144,13 +144,14 @@ class IterativeSFTTrainer(Trainer):
         self.encoder = SampleEncoder(words, self.is_encoder_decoder, settings["add_eos_token"])
         self.pad_token_id = _pad_token_id(words, model)
         self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.rows_collator = ExampleCollator(self.pad_token_id, self.is_encoder_decoder)
         if eval_dataset is not None:
             eval_dataset = tokenize_eval_dataset(eval_dataset, self.encoder, self._finish_examples)
 
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or ExampleCollator(self.pad_token_id, self.is_encoder_decoder),
+            data_collator=data_collator or self.rows_collator,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
@@ -482,6 +483,61 @@ class IterativeSFTTrainer(Trainer):
         if pending["should_save"]:
             self._save_checkpoint(self.model_wrapped, trial=None)
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """`Trainer.evaluation_loop` for predictions and `compute_metrics`; the loss is the token mean.
+
+        transformers averages per-batch mean losses, so its `eval_loss` moves with the eval batch size
+        and the number of processes. Here `{prefix}_loss` is the mean over every label token of the
+        dataset, as `step()` defines its loss: the same for any batch size and any number of ranks.
+        """
+        dataset = dataloader.dataset
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"evaluate() needs a map-style dataset (a `datasets.Dataset` or a list of rows), got "
+                            f"{type(dataset).__name__}.")
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        output.metrics[f"{metric_key_prefix}_loss"] = self._token_mean_loss(dataset)
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Predictions only: `evaluation_loop` computes the loss itself, over the whole dataset."""
+        if prediction_loss_only:
+            return None, None, None
+        _, logits, labels = super().prediction_step(model, inputs, False, ignore_keys=ignore_keys)
+        return None, logits, labels
+
+    def _token_mean_loss(self, dataset) -> float:
+        """Mean token loss over all label tokens of `dataset`'s rows, each row counted once.
+
+        Each rank takes a contiguous share of the rows (accelerate's evaluation loader would repeat rows
+        to even out the shares), sums its token losses, and one all-reduce adds sums and counts. Where
+        the weights are sharded, ranks with fewer batches run weightless forward passes alongside.
+        """
+        _, indices = self.ranks.block(list(range(len(dataset))))
+        examples = self.rows_collator.examples([dataset[i] for i in indices])
+        shift = not self.is_encoder_decoder
+        batch_size = self.args.per_device_eval_batch_size
+        # Longest first: rows of similar length share a batch and pad little (the token mean does not care).
+        examples.sort(key=(lambda e: len(e.input_ids)) if shift else (lambda e: (len(e.input_ids), len(e.labels))),
+                      reverse=True)
+        batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+        if self.shards_parameters:
+            batches += [[]] * (self.ranks.max(len(batches), self.args.device) - len(batches))
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        self.model.eval()
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for batch in batches:
+                if batch:
+                    loss_sum += self._summed_loss(self.model, self._device_batch(batch, packed=False)).double()
+                else:
+                    self._weightless_loss(self.model)
+        tokens = sum(e.num_loss_tokens(shift) for e in examples)
+        total, count = self.ranks.sum([loss_sum.item(), tokens], self.args.device)
+        return total / count if count else math.nan
 
     # ---- checkpoints --------------------------------------------------------------------------
 

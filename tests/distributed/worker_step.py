@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from datasets import Dataset
 from peft import LoraConfig
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,6 +34,8 @@ from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 CALLS = 4
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# Three held-out texts: the ranks' evaluation shares are uneven, and `evaluate()` must count each once.
+EVAL_TEXTS = ["the quick brown fox", "jumps over", "the lazy dog and the cat"]
 ENGINES = ("ddp", "lora", "fsdp2", "fsdp2-lora", "zero2", "zero3")
 LAUNCH_FILES = {"fsdp2": EXAMPLES / "accelerate" / "fsdp2.yaml",
                 "zero2": EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"}
@@ -128,7 +131,8 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     trainer_class = CpuFSDP2Trainer if engine.startswith("fsdp2") else IterativeSFTTrainer
     args = config(out, engine=engine, from_launch_file=engine in LAUNCH_FILES)
-    trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine))
+    trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine),
+                            eval_dataset=Dataset.from_dict({"text": EVAL_TEXTS}))
     if engine.startswith("fsdp2"):
         assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
     if engine.startswith("zero"):
@@ -151,6 +155,7 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     torch.save(full_parameters(trainer), out / f"{engine}-{mode}-rank{rank}.pt")
     if mode == "train":
         trainer.save_model(str(out / f"{engine}-final"))
+        (out / f"{engine}-eval-rank{rank}.json").write_text(json.dumps(trainer.evaluate()))
     (out / f"{engine}-{mode}-stats-rank{rank}.json").write_text(json.dumps(stats))
     trainer.accelerator.wait_for_everyone()
 

@@ -42,16 +42,18 @@ def with_eos(tokenizer, text: str) -> list[int]:
 # ---- evaluation ---------------------------------------------------------------------------------
 
 
-def test_eval_every_two_updates_on_text_dataset(causal_model, tokenizer, tmp_path):
+@pytest.mark.parametrize("eval_batch_size", [1, 2, 8])
+def test_eval_every_two_updates_on_text_dataset(causal_model, tokenizer, tmp_path, eval_batch_size):
     args = config(tmp_path, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=2,
-                  per_device_eval_batch_size=8)
+                  per_device_eval_batch_size=eval_batch_size)
     trainer = IterativeSFTTrainer(causal_model, args, tokenizer, eval_dataset=Dataset.from_dict({"text": EVAL_TEXTS}))
     run_calls(trainer, TRAIN_CALLS)
     entries = eval_entries(trainer)
     assert [entry["step"] for entry in entries] == [2, 4]
     assert entries[0]["eval_loss"] != entries[1]["eval_loss"]
 
-    # The text column is tokenised as step() would (EOS appended); one eval batch -> token-mean loss.
+    # The text column is tokenised as step() would (EOS appended); eval_loss is the mean over all label
+    # tokens whatever the eval batch size (transformers' own averages per-batch means instead).
     causal_model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -68,6 +70,21 @@ def test_eval_every_two_updates_on_tokenised_dataset(causal_model, tokenizer, tm
     trainer = IterativeSFTTrainer(causal_model, args, tokenizer, eval_dataset=dataset)
     run_calls(trainer, TRAIN_CALLS + TRAIN_CALLS[:1])
     assert [entry["step"] for entry in eval_entries(trainer)] == [2, 4]
+
+
+def test_seq2seq_eval_loss_is_the_token_mean_and_predict_reports_it(seq2seq_model, tokenizer, tmp_path):
+    pairs = {"text": ["translate hello", "a", "the cat sat on"], "text_label": ["bonjour", "b c d e f", "x"]}
+    trainer = IterativeSFTTrainer(seq2seq_model, config(tmp_path, per_device_eval_batch_size=2), tokenizer,
+                                  eval_dataset=Dataset.from_dict(pairs))
+    total = count = 0
+    seq2seq_model.eval()
+    with torch.no_grad():  # the model's own loss (a mean over one row's targets), weighted by its target count
+        for row in trainer.eval_dataset:
+            inputs, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            total += seq2seq_model(input_ids=inputs, labels=labels).loss.item() * labels.numel()
+            count += labels.numel()
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert trainer.predict(trainer.eval_dataset).metrics["test_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
 def _argmax(logits, labels):

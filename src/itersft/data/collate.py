@@ -42,6 +42,10 @@ class ExampleCollator:
         self.is_encoder_decoder = is_encoder_decoder
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return collate(self.examples(rows), self.pad_token_id, self.is_encoder_decoder)
+
+    def examples(self, rows: list[dict]) -> list[Example]:
+        """The rows as `Example`s: labels default to the real tokens (causal), padding never carries loss."""
         examples = []
         for row in rows:
             input_ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
@@ -54,4 +58,4 @@ class ExampleCollator:
                 labels, dtype=torch.long
             )
             examples.append(Example(input_ids, mask, labels))
-        return collate(examples, self.pad_token_id, self.is_encoder_decoder)
+        return examples
