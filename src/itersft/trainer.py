@@ -38,14 +38,13 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints, set_seed
 
 from itersft.checkpoint import atomic_directory
-from itersft.config import TRUNCATION_MODES, IterativeSFTConfig
-from itersft.data import inputs as checks
 from itersft.data.batching import accumulation_windows, by_length, count_micro_batches, shuffled
 from itersft.data.collate import ExampleCollator, collate
-from itersft.data.encode import SampleEncoder, from_token_ids
+from itersft.data.encode import SampleEncoder
 from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
 from itersft.data.packing import packing_pays, supports_packing
+from itersft.data.step_input import step_examples
 from itersft.data.truncate import truncate_example
 from itersft.deepspeed_config import finalize_deepspeed_config, zero_stage
 from itersft.distributed import Ranks
@@ -58,6 +57,13 @@ from itersft.model_loading import (
     text_tokenizer,
 )
 from itersft.step_stats import StepStats
+from itersft.trainer_setup import (
+    choose_pad_token_id,
+    enable_activation_checkpointing,
+    resolve_settings,
+    wants_activation_checkpointing,
+    wrap_with_peft,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +122,7 @@ class IterativeSFTTrainer(Trainer):
             raise ValueError("Both `tokenizer` and `processing_class` were given: they are the same argument "
                              "(`processing_class` is TRL 0.23's name). Give one.")
         tokenizer = tokenizer if tokenizer is not None else processing_class
-        args, settings = _resolve_settings(args, max_length, truncation_mode, optimize_device_cache)
+        args, settings = resolve_settings(args, max_length, truncation_mode, optimize_device_cache)
         if model is None:
             raise ValueError("`model` is required: a PreTrainedModel, or a hub id or local path to load.")
         model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
@@ -130,9 +136,9 @@ class IterativeSFTTrainer(Trainer):
             tokenizer = load_tokenizer(model, model_name)
         if peft_config is not None:
             set_seed(args.seed)  # the adapters' random initialisation follows `args.seed`, like the rest of the run
-            model = _wrap_with_peft(model, peft_config)
-        if _wants_checkpointing(args):
-            _enable_gradient_checkpointing(model, args)
+            model = wrap_with_peft(model, peft_config)
+        if wants_activation_checkpointing(args):
+            enable_activation_checkpointing(model, args)
 
         self.is_encoder_decoder = is_encoder_decoder(model)
         self.max_length = settings["max_length"]
@@ -142,7 +148,7 @@ class IterativeSFTTrainer(Trainer):
         self.batching = settings["batching"]
         words = text_tokenizer(tokenizer)
         self.encoder = SampleEncoder(words, self.is_encoder_decoder, settings["add_eos_token"])
-        self.pad_token_id = _pad_token_id(words, model)
+        self.pad_token_id = choose_pad_token_id(words, model)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         self.rows_collator = ExampleCollator(self.pad_token_id, self.is_encoder_decoder)
         if eval_dataset is not None:
@@ -283,7 +289,8 @@ class IterativeSFTTrainer(Trainer):
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "texts": texts,
                  "texts_labels": texts_labels, "prompts": prompts, "completions": completions,
                  "messages": messages}
-        examples = self._finish_examples(self._encode(given))
+        examples = self._finish_examples(step_examples(given, self.encoder, self.vocab_size,
+                                                        allow_empty=self.ranks.is_distributed))
         trainable = [e for e in examples if e.num_loss_tokens(shifted=not self.is_encoder_decoder) > 0]
         stats.samples, stats.skipped_samples = len(trainable), len(examples) - len(trainable)
         if stats.skipped_samples:
@@ -308,37 +315,6 @@ class IterativeSFTTrainer(Trainer):
         if self.optimize_device_cache:
             clear_device_cache(garbage_collection=True)
         return result
-
-    def _encode(self, given: dict[str, Any]) -> list[Example]:
-        """Validate the raw input of `step()` and turn it into examples; all problems raise at once."""
-        form = checks.detect_form(given)
-        problems: list[str] = []
-        lists = {name: checks.as_list(name, given[name], problems, allow_empty=self.ranks.is_distributed)
-                 for name in checks.FORMS[form]}
-        checks.check_lengths(lists, problems)
-        if form == "tokens" and lists["input_ids"] is not None:
-            checks.check_token_tensors("input_ids", lists["input_ids"], self.vocab_size, problems)
-            for name, allow in (("attention_mask", False), ("labels", True)):
-                if lists[name] is not None:
-                    checks.check_token_tensors(name, lists[name], None if name == "attention_mask" else
-                                               self.vocab_size, problems, allow_ignore_index=allow)
-                    if not self.is_encoder_decoder or name == "attention_mask":
-                        checks.check_same_shapes(name, lists[name], "input_ids", lists["input_ids"], problems)
-        elif form in ("texts", "prompts"):
-            for name, values in lists.items():
-                if values is not None:
-                    checks.check_strings(name, values, problems)
-            if form == "prompts" and (lists["prompts"] is None) != (lists["completions"] is None):
-                problems.append("`prompts` and `completions` go together: give both, one completion per prompt.")
-        checks.raise_if(problems)
-        if form == "tokens":
-            return from_token_ids(lists["input_ids"], lists["attention_mask"], lists["labels"],
-                                  self.is_encoder_decoder)
-        if form == "texts":
-            return self.encoder.from_texts(lists["texts"], lists["texts_labels"])
-        if form == "prompts":
-            return self.encoder.from_prompts(lists["prompts"], lists["completions"])
-        return self.encoder.from_messages(lists["messages"])
 
     def _finish_examples(self, examples: list[Example]) -> list[Example]:
         """Truncate every example along the sequence axis to `max_length`."""
@@ -614,78 +590,3 @@ class IterativeSFTTrainer(Trainer):
             self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         super().end()
 
-
-def _resolve_settings(args, max_length, truncation_mode, optimize_device_cache) -> tuple[TrainingArguments, dict]:
-    """The config to use and the iterative-SFT settings merged from it and the constructor.
-
-    A plain `TrainingArguments` gets `IterativeSFTConfig`'s defaults for the fields it lacks. A setting
-    given differently in the constructor and in `args` is an error, not a silent choice. `args` is
-    not modified.
-    """
-    if truncation_mode not in TRUNCATION_MODES:
-        raise ValueError(f"`truncation_mode` must be one of {TRUNCATION_MODES}, got {truncation_mode!r}.")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-        raise ValueError(f"`max_length` must be a positive int or None, got {max_length!r}.")
-    if args is None:
-        args = IterativeSFTConfig()
-    if not isinstance(args, TrainingArguments):
-        raise TypeError(f"`args` must be an IterativeSFTConfig or TrainingArguments, got {type(args).__name__}.")
-    problems = []
-    configured = getattr(args, "max_length", None)
-    if max_length is not None and configured is not None and max_length != configured:
-        problems.append(f"`max_length` is {max_length} here but {configured} in `args`")
-    configured_mode = getattr(args, "truncation_mode", "keep_end")
-    if truncation_mode != "keep_end" and configured_mode != "keep_end" and truncation_mode != configured_mode:
-        problems.append(f"`truncation_mode` is {truncation_mode!r} here but {configured_mode!r} in `args`")
-    if problems:
-        raise ValueError("Conflicting settings: " + "; ".join(problems) + ". Set each in one place.")
-    return args, {
-        "max_length": max_length if max_length is not None else configured,
-        "truncation_mode": truncation_mode if truncation_mode != "keep_end" else configured_mode,
-        "optimize_device_cache": optimize_device_cache or getattr(args, "optimize_device_cache", False),
-        "shuffle_samples": getattr(args, "shuffle_samples", True),
-        "add_eos_token": getattr(args, "add_eos_token", True),
-        "batching": getattr(args, "batching", "sorted"),
-    }
-
-
-def _pad_token_id(tokenizer, model) -> int:
-    """The id used to pad batches; its positions never carry loss, so any valid id is correct."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, getattr(model.config, "pad_token_id", None)):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def _wrap_with_peft(model, peft_config):
-    """Wrap the model with adapters from `peft_config`; only the adapters will train."""
-    try:
-        from peft import PeftModel, get_peft_model
-    except ImportError as error:
-        raise ImportError("`peft_config` needs the peft package: pip install 'itersft[peft]'.") from error
-    if isinstance(model, PeftModel):
-        raise ValueError("The model is already a PeftModel and `peft_config` was also given: give one.")
-    return get_peft_model(model, peft_config)
-
-
-def _wants_checkpointing(args: TrainingArguments) -> bool:
-    """`activation_checkpointing` (transformers 5) or its deprecated alias `gradient_checkpointing`."""
-    return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False))
-
-
-def _enable_gradient_checkpointing(model, args: TrainingArguments) -> None:
-    """Apply activation checkpointing (TRL 0.23 accepted `gradient_checkpointing` and never applied it).
-
-    Re-entrant checkpointing is off by default: it needs inputs that require grad, which frozen
-    embeddings (PEFT) do not provide.
-    """
-    kwargs = dict(getattr(args, "activation_checkpointing_kwargs", None)
-                  or getattr(args, "gradient_checkpointing_kwargs", None) or {"use_reentrant": False})
-    every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None,
-                                              every_n_layers=every_n_layers, offload=offload)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
-    if hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
