@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,7 +116,7 @@ def assert_equal_to_one_process_on_the_union(engine: str, out: Path, causal_dir:
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     reference = IterativeSFTTrainer(model, worker_step.config(tmp_path, batch_size=64, accumulation=1),
                                     tokenizer=tokenizer, peft_config=worker_step.peft_config(engine),
-                                    eval_dataset=Dataset.from_dict({"text": worker_step.EVAL_TEXTS}))
+                                    **worker_step.evaluation())
     two_rank_stats = json.loads((out / f"{engine}-train-stats-rank0.json").read_text())
     for call in range(worker_step.CALLS):
         shares = [worker_step.rank_samples(rank, call, len(tokenizer)) for rank in (0, 1)]
@@ -139,11 +138,16 @@ def assert_equal_to_one_process_on_the_union(engine: str, out: Path, causal_dir:
     assert trained.keys() == rank0.keys()
     for name, tensor in trained.items():
         torch.testing.assert_close(rank0[name], tensor, rtol=1e-3, atol=5e-5, msg=name)
-    # evaluate() on the ranks' uneven shares of the held-out texts: the one process's loss on all of them.
-    expected_eval = reference.evaluate()["eval_loss"]
+    # evaluate() on the ranks' uneven shares of the held-out texts: the one process's loss, and the same
+    # predictions for the same label tokens (compute_metrics through transformers' prediction loop).
+    expected_eval = reference.evaluate()
+    # byte tokens + EOS per text, less the first token, which nothing predicts
+    assert expected_eval["eval_label_tokens"] == sum(len(text) for text in worker_step.EVAL_TEXTS)
     for rank in (0, 1):
         evaluated = json.loads((out / f"{engine}-eval-rank{rank}.json").read_text())
-        assert evaluated["eval_loss"] == pytest.approx(expected_eval, rel=1e-4)
+        assert evaluated["eval_loss"] == pytest.approx(expected_eval["eval_loss"], rel=1e-4)
+        assert evaluated["eval_label_tokens"] == expected_eval["eval_label_tokens"]
+        assert evaluated["eval_mean_predicted_id"] == pytest.approx(expected_eval["eval_mean_predicted_id"])
     moved = {name for name, tensor in trained.items() if name in initial and not torch.equal(tensor, initial[name])}
     if "lora" in engine:  # only the adapters train; the base weights stay as loaded
         assert all(not name.startswith("base_model.model.") or "lora_" in name for name in moved)

@@ -81,6 +81,21 @@ def use_gloo_process_group(engine: str) -> None:
         PartialState(backend="gloo")
 
 
+def evaluation() -> dict:
+    """The trainer's evaluation arguments: the held-out texts and `prediction_summary` as the metric,
+    which goes through transformers' prediction loop (predictions gathered across ranks)."""
+    return {"eval_dataset": Dataset.from_dict({"text": EVAL_TEXTS}), "compute_metrics": prediction_summary,
+            "preprocess_logits_for_metrics": lambda logits, labels: logits.argmax(dim=-1)}
+
+
+def prediction_summary(prediction) -> dict[str, float]:
+    """How many label tokens were predicted, and the mean predicted id: a row seen twice or not at all,
+    or predictions matched to the wrong row, changes one of them (an untrained model's accuracy is 0)."""
+    predicted, target = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]  # position t predicts t + 1
+    keep = target != -100
+    return {"label_tokens": int(keep.sum()), "mean_predicted_id": float(predicted[keep].mean())}
+
+
 def peft_config(engine: str) -> LoraConfig | None:
     return LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if "lora" in engine else None
 
@@ -132,7 +147,7 @@ def main(model_dir: str, out: Path, mode: str, engine: str) -> None:
     trainer_class = CpuFSDP2Trainer if engine.startswith("fsdp2") else IterativeSFTTrainer
     args = config(out, engine=engine, from_launch_file=engine in LAUNCH_FILES)
     trainer = trainer_class(model, args, tokenizer=tokenizer, peft_config=peft_config(engine),
-                            eval_dataset=Dataset.from_dict({"text": EVAL_TEXTS}))
+                            **evaluation())
     if engine.startswith("fsdp2"):
         assert trainer.accelerator.is_fsdp2 and type(trainer.model_wrapped).__name__.startswith("FSDP")
     if engine.startswith("zero"):
