@@ -5,7 +5,8 @@ numbers of `generate` calls, round 1's prompt slice wraps around, so one rank sa
 prompts and the other one, and the single held-out prompt leaves rank 1 nothing to evaluate. Under
 FSDP2 and ZeRO-3 every forward is a collective, so any of these would hang or fail if the ranks were
 not kept in step. Each round starts with a fresh optimizer state (`reset_optimizer`), which the
-engines' optimizer wrappers must allow.
+engines' optimizer wrappers must allow, and (except under DeepSpeed) from the base weights
+(`restart_from_base`), which FSDP2 holds as shards.
 
 Usage: worker_loop.py MODEL_DIR OUT_DIR ENGINE   (ENGINE: as in worker_step.py; `single` runs in-process)
 """
@@ -39,7 +40,8 @@ def run(model_dir: str, out: Path, engine: str) -> None:
     loop = ExpertIteration(trainer, SamplingConfig(num_samples=3, max_new_tokens=4, batch_size=2, seed=1),
                            "exact_match", Threshold(1.0),
                            LoopConfig(output_dir=str(out / engine), rounds=2, prompts_per_round=7, step_size=4,
-                                      eval_samples=2, reset_optimizer=True, seed=1))
+                                      eval_samples=2, reset_optimizer=True, seed=1,
+                                      restart_from_base=not engine.startswith("zero")))  # refused under DeepSpeed
     loop.run(PROMPTS, META, eval_prompts=PROMPTS[:1], eval_meta=META[:1])  # rank 1 has no eval prompt
     trainer.accelerator.wait_for_everyone()
 

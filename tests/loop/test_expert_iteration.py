@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -93,6 +94,14 @@ def test_restart_from_base_trains_each_round_from_the_initial_weights(tmp_path, 
     loop._base_state = {k: v.clone() for k, v in base.state_dict().items()}
     loop.run(PROMPTS, _meta())
     assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(), loop.trainer.model.state_dict().values()))
+
+
+def test_restart_from_base_is_refused_under_deepspeed(tmp_path):
+    """DeepSpeed's optimizer would put the trained weights back after the base was loaded: refuse."""
+    deepspeed_trainer = SimpleNamespace(is_deepspeed_enabled=True)  # checked before anything else is read
+    with pytest.raises(ValueError, match="`restart_from_base` does not work under DeepSpeed"):
+        ExpertIteration(deepspeed_trainer, SamplingConfig(), "exact_match", Threshold(1.0),
+                        LoopConfig(output_dir=str(tmp_path), restart_from_base=True))
 
 
 def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_dir):

@@ -61,7 +61,8 @@ class LoopConfig:
         step_size: samples per `trainer.step()` call; each call makes
             ceil(step_size / (batch size x accumulation)) optimizer updates.
         restart_from_base: train each round from the initial weights (ReST-EM, STaR) on that round's
-            data; sampling still uses the latest model. Implies a fresh optimizer each round.
+            data; sampling still uses the latest model. Implies a fresh optimizer each round. Not with
+            DeepSpeed, whose optimizer keeps its own copy of the weights.
         reset_optimizer: start each round with a fresh optimizer state and LR schedule (warmup again).
         buffer_capacity: kept samples remembered across rounds (oldest evicted first); 0: no buffer;
             None: unbounded.
@@ -127,6 +128,10 @@ class ExpertIteration:
 
     def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str, filter, config: LoopConfig,
                  labelled: list[Sample] | None = None):
+        if config.restart_from_base and getattr(trainer, "is_deepspeed_enabled", False):
+            raise ValueError("`restart_from_base` does not work under DeepSpeed: its ZeRO optimizer keeps its own "
+                             "float32 copy of the weights, which loading the base weights would not reset (the next "
+                             "update would bring the trained weights back). Use DDP or FSDP2, or turn it off.")
         if config.labelled_ratio > 0 and not labelled:
             raise ValueError("`labelled_ratio` > 0 needs `labelled` samples to mix in.")
         self.trainer = trainer
