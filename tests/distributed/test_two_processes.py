@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from itersft import IterativeSFTTrainer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]  # launch files name their json configs relative to the repository root
 sys.path.insert(0, str(HERE))
+import worker_seq2seq  # noqa: E402
 import worker_step  # noqa: E402
 
 TIMING = {"step_time", "tokens_per_second"}
@@ -153,6 +154,29 @@ def assert_equal_to_one_process_on_the_union(engine: str, out: Path, causal_dir:
         assert all(not name.startswith("base_model.model.") or "lora_" in name for name in moved)
     else:
         assert moved == set(initial)
+
+
+@pytest.mark.parametrize("engine", ["ddp", pytest.param("zero3", marks=needs_deepspeed)])
+def test_seq2seq_ranks_train_as_one_process_on_the_union(engine, seq2seq_dir, tmp_path):
+    """The encoder-decoder path (texts + texts_labels, decoder inputs from the labels) under each engine."""
+    launch("worker_seq2seq.py", str(seq2seq_dir), str(tmp_path), engine)
+    rank0 = torch.load(tmp_path / f"seq2seq-{engine}-rank0.pt")
+    rank1 = torch.load(tmp_path / f"seq2seq-{engine}-rank1.pt")
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    model = AutoModelForSeq2SeqLM.from_pretrained(seq2seq_dir)
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    reference = IterativeSFTTrainer(model, worker_step.config(tmp_path / "reference", batch_size=64, accumulation=1),
+                                    tokenizer=AutoTokenizer.from_pretrained(seq2seq_dir))
+    for call in range(worker_seq2seq.CALLS):
+        shares = [worker_seq2seq.rank_pairs(rank, call) for rank in (0, 1)]
+        micro_batches = max(-(-len(s) // 2) for s in shares)
+        for window0, window1 in zip(*(_windows(s, micro_batches=micro_batches) for s in shares)):
+            pairs = window0 + window1
+            reference.step(texts=[source for source, _ in pairs], texts_labels=[target for _, target in pairs])
+    trained = reference.model.state_dict()
+    for name, tensor in trained.items():
+        torch.testing.assert_close(rank0[name], tensor, rtol=1e-3, atol=5e-5, msg=name)
+    assert any(not torch.equal(trained[name], initial[name]) for name in initial)
 
 
 def test_the_saved_model_loads_with_from_pretrained(two_rank_run, causal_dir):
