@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import worker_loop  # noqa: E402
-from test_two_processes import launch, needs_deepspeed  # noqa: E402
+from test_two_processes import free_port, launch, needs_deepspeed  # noqa: E402
 
 PROMPTS = [f"q{i}:" for i in range(10)]
 ANSWERS = ["x" if i % 2 else "y" for i in range(10)]
@@ -27,11 +26,8 @@ ANSWERS = ["x" if i % 2 else "y" for i in range(10)]
 def _run(config: Path, output_dir: Path, processes: int) -> None:
     command = [sys.executable, "-m", "itersft.cli.main", "run", str(config), "--output-dir", str(output_dir)]
     if processes > 1:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", *command[2:]]
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", *command[2:]]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]

@@ -36,20 +36,29 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
                                      reason="deepspeed is not installed (`make test` installs it)")
 
 
-def launch(script: str, *args: str, timeout: int = 180, launch_file: Path | None = None) -> None:
-    """Run `script` in 2 processes: with torchrun, or as `accelerate launch --config_file launch_file`."""
+def free_port() -> int:
+    """A TCP port free on this machine now, for a rendezvous."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a launched worker: one thread each, and this folder importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+
+
+def launch(script: str, *args: str, timeout: int = 180, launch_file: Path | None = None) -> None:
+    """Run `script` in 2 processes: with torchrun, or as `accelerate launch --config_file launch_file`."""
+    port = free_port()
     if launch_file is None:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                    "127.0.0.1", "--master_port", str(port), str(HERE / script), *args]
     else:  # the launch file as shipped, scaled down to 2 processes on this machine
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_file),
                    "--num_processes", "2", "--main_process_port", str(port), str(HERE / script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                               start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(),
+                               cwd=ROOT, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -79,6 +88,14 @@ def _windows(samples: list, batch_size: int = 2, accumulation: int = 2, micro_ba
     return [sum(batches[i : i + accumulation], []) for i in range(0, len(batches), accumulation)]
 
 
+def union_windows(shares: list[list]) -> list[list]:
+    """What each update of the 2 ranks (batch 2, accumulation 2) trains on: its windows on both ranks, joined.
+
+    Ranks agree on the larger micro-batch count, so the short rank's later windows are empty."""
+    micro_batches = max(-(-len(share) // 2) for share in shares)
+    return [sum(windows, []) for windows in zip(*(_windows(share, micro_batches=micro_batches) for share in shares))]
+
+
 def test_ranks_end_identical_and_equal_to_one_process_on_the_union(two_rank_run, causal_dir, tmp_path):
     assert_equal_to_one_process_on_the_union(*two_rank_run, causal_dir, tmp_path)
 
@@ -86,14 +103,11 @@ def test_ranks_end_identical_and_equal_to_one_process_on_the_union(two_rank_run,
 def test_two_machines_train_as_one(causal_dir, tmp_path):
     """Two torchrun launchers, one process each, meeting at a rendezvous address: the several-machines
     recipe simulated on this machine (each process is local rank 0 of its "machine")."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    port = free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                                str(HERE / "worker_step.py"), str(causal_dir), str(tmp_path), "train", "ddp"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(), cwd=ROOT,
                               start_new_session=True) for node in (0, 1)]
     try:
         outputs = [node.communicate(timeout=180) for node in nodes]
@@ -121,9 +135,7 @@ def assert_equal_to_one_process_on_the_union(engine: str, out: Path, causal_dir:
     two_rank_stats = json.loads((out / f"{engine}-train-stats-rank0.json").read_text())
     for call in range(worker_step.CALLS):
         shares = [worker_step.rank_samples(rank, call, len(tokenizer)) for rank in (0, 1)]
-        micro_batches = max(-(-len(s) // 2) for s in shares)
-        updates = [reference.step(input_ids=window0 + window1)
-                   for window0, window1 in zip(*(_windows(s, micro_batches=micro_batches) for s in shares))]
+        updates = [reference.step(input_ids=window) for window in union_windows(shares)]
         assert [u["updates"] for u in updates] == [1, 1]
         # The loss, the pre-clip gradient norm (which Adam's updates would not reveal a wrong scale of)
         # and the warmup LR of the 2-rank updates are the union's.
@@ -168,10 +180,7 @@ def test_seq2seq_ranks_train_as_one_process_on_the_union(engine, seq2seq_dir, tm
     reference = IterativeSFTTrainer(model, worker_step.config(tmp_path / "reference", batch_size=64, accumulation=1),
                                     tokenizer=AutoTokenizer.from_pretrained(seq2seq_dir))
     for call in range(worker_seq2seq.CALLS):
-        shares = [worker_seq2seq.rank_pairs(rank, call) for rank in (0, 1)]
-        micro_batches = max(-(-len(s) // 2) for s in shares)
-        for window0, window1 in zip(*(_windows(s, micro_batches=micro_batches) for s in shares)):
-            pairs = window0 + window1
+        for pairs in union_windows([worker_seq2seq.rank_pairs(rank, call) for rank in (0, 1)]):
             reference.step(texts=[source for source, _ in pairs], texts_labels=[target for _, target in pairs])
     trained = reference.model.state_dict()
     for name, tensor in trained.items():

@@ -231,7 +231,8 @@ class Sampler:
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
         batches = [order[start : start + self.config.batch_size]
                    for start in range(0, len(order), self.config.batch_size)]
-        idle = 0 if self.lockstep is None else self.lockstep.max(len(batches), _model_device(self.model)) - len(batches)
+        device = _model_device(self.model)
+        idle = 0 if self.lockstep is None else self.lockstep.max(len(batches), device) - len(batches)
         if not batches and not idle:
             return []
         if progress:
@@ -250,7 +251,7 @@ class Sampler:
                         s.meta = dict(prompt_meta)
                     results[position] = samples
             for _ in range(idle):
-                self._generate(torch.full((1, 1), self.pad_token_id, device=_model_device(self.model)), None)
+                self._generate(torch.full((1, 1), self.pad_token_id, device=device), None)
         return [s for position in range(len(prompts)) for s in results[position]]
 
     def _sample_batch(self, batch: list[int], encoded: list[list[int]], round_index: int,
