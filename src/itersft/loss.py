@@ -26,10 +26,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_compiled_module
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.distributed.fsdp import FSDPModule
 
+from itersft import packed_attention
 from itersft.data.example import IGNORE_INDEX
 
 # `model_type`s whose `...ForCausalLM.forward` is exactly `logits = lm_head(model(...).last_hidden_state)`
@@ -168,25 +170,34 @@ def causal_summed_loss(model: nn.Module, wrapped: nn.Module, batch: dict[str, to
                        autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
     """Summed token loss of one causal micro-batch, computed at its label positions only when possible.
 
-    `batch` holds the model inputs (`input_ids` and `attention_mask` or, packed, `position_ids`) plus
-    `loss_positions`/`loss_targets` from `label_positions` and `labels` for the full-logits path.
+    `batch` holds the model inputs (`input_ids` and `attention_mask` or, packed, `position_ids` and
+    `packed_lengths`) plus `loss_positions`/`loss_targets` from `label_positions` and `labels` for the
+    full-logits path. A packed row is attended sample by sample where `itersft.packed_attention`
+    applies.
     `autocast` is the mixed-precision context (accelerate's), which the direct decoder call must enter
     itself since it bypasses the patched forward of the wrapped model.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     positions, targets = batch["loss_positions"], batch["loss_targets"]
+    attention = contextlib.nullcontext()
+    if batch.get("packed_lengths") is not None and packed_attention.applies(model) and not is_compiled_module(wrapped):
+        # A packed row, attended sample by sample rather than as a whole under a block-diagonal mask.
+        inputs["packed_lengths"] = batch["packed_lengths"]
+        attention = packed_attention.attending_per_sample(model)
     split = separable_head(model, wrapped)
     if split is not None:
         decoder, head = split
-        with autocast():
+        with autocast(), attention:
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
             return linear_cross_entropy_sum(hidden, head.weight, head.bias, targets)
     if inputs["input_ids"].shape[0] == 1 and _takes_logits_to_keep(model):
         # One row (packed, or a batch of one): keep the logits of the label positions only.
-        logits = wrapped(**inputs, use_cache=False, logits_to_keep=positions).logits
+        with attention:
+            logits = wrapped(**inputs, use_cache=False, logits_to_keep=positions).logits
         return F.cross_entropy(logits[0].float(), targets, reduction="sum")
-    logits = wrapped(**inputs, use_cache=False).logits
+    with attention:
+        logits = wrapped(**inputs, use_cache=False).logits
     return summed_token_loss(logits, batch["labels"], shift=True)
 
 

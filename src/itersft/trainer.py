@@ -417,12 +417,13 @@ class IterativeSFTTrainer(Trainer):
             self.accelerator.backward(loss)
 
     def _device_batch(self, examples: list[Example], packed: bool) -> dict[str, torch.Tensor]:
-        """Collate on the host and move to the device; causal label positions are found on the host,
-        so the device never has to report a count back."""
+        """Collate on the host and move the tensors to the device; causal label positions are found on the
+        host, so the device never has to report a count back (a packed row's `packed_lengths` stay there)."""
         host = collate(examples, self.pad_token_id, self.is_encoder_decoder, packed)
         if not self.is_encoder_decoder:
             host["loss_positions"], host["loss_targets"] = label_positions(host["labels"])
-        return {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
+        return {k: v.to(self.args.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in host.items()}
 
     def _weightless_loss(self, model) -> torch.Tensor:
         """A zero loss from a real forward pass through the (possibly DDP-wrapped) model.

@@ -40,7 +40,7 @@ def resolve_settings(args, max_length, truncation_mode, optimize_device_cache) -
         "optimize_device_cache": optimize_device_cache or getattr(args, "optimize_device_cache", False),
         "shuffle_samples": getattr(args, "shuffle_samples", True),
         "add_eos_token": getattr(args, "add_eos_token", True),
-        "batching": getattr(args, "batching", "sorted"),
+        "batching": getattr(args, "batching", "auto"),
     }
 
 

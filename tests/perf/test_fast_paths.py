@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, TrainerCallback
 
-from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft import IterativeSFTConfig, IterativeSFTTrainer, packed_attention
 from itersft.data.batching import by_length
 from itersft.data.collate import collate
 from itersft.data.example import Example
@@ -119,11 +119,16 @@ def test_samples_with_inner_padding_are_not_packed():
     assert "attention_mask" in collate([whole, whole], 0, True, True)  # seq2seq: always padded
 
 
-def test_packing_pays_for_mixed_lengths_not_for_similar_ones(causal_model):
-    # toy model: hidden 32, sdpa
+def test_packing_pays_wherever_the_row_is_attended_per_sample(causal_model):
+    # toy model: hidden 32, sdpa, attended per sample (itersft.packed_attention): packing always pays
+    assert packed_attention.applies(causal_model)
+    assert packing_pays([40, 39, 38, 40], causal_model)
+    # activation checkpointing re-runs the forward in backward: the row is attended whole, so the cost model decides
+    causal_model.activation_checkpointing_enable({"use_reentrant": False})
+    assert not packed_attention.applies(causal_model)
     assert packing_pays([40, 3, 2, 5], causal_model)
     assert not packing_pays([40, 39, 38, 40], causal_model)
-    causal_model.config._attn_implementation = "flash_attention_2"  # attended per sample: always pays
+    causal_model.config._attn_implementation = "flash_attention_2"  # attended per sample by transformers
     assert packing_pays([40, 39, 38, 40], causal_model)
 
 
@@ -200,3 +205,53 @@ def test_separable_head_needs_a_plain_linear_head(causal_model, seq2seq_model):
     on_head = get_peft_model(copy.deepcopy(causal_model), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
     assert separable_head(on_head, on_head) is None
     assert separable_head(seq2seq_model, seq2seq_model) is None and not supports_packing(seq2seq_model)
+
+
+def test_packed_forward_attends_per_sample_and_restores_the_model(causal_model, monkeypatch):
+    """A packed row of an sdpa model goes through `attend_per_sample` (each sample's slice alone, a causal
+    kernel) and matches the samples run alone; the model's attention setting is back to sdpa afterwards."""
+    from transformers.integrations import sdpa_attention
+
+    calls = []  # the query length of every sdpa call `attend_per_sample` makes
+    real = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda module, query, *a, **k: calls.append(query.shape[2]) or real(module, query, *a, **k))
+    ids, labels = _samples(causal_model.config.vocab_size)
+    examples = [Example(x, torch.ones_like(x), y) for x, y in zip(ids, labels)]
+    batch = collate(examples, 0, False, packed=True)
+    assert batch["packed_lengths"] == LENGTHS
+    batch["loss_positions"], batch["loss_targets"] = label_positions(batch["labels"])
+    loss = causal_summed_loss(causal_model, causal_model, batch, contextlib.nullcontext)
+    assert calls == list(LENGTHS) * causal_model.config.num_hidden_layers
+    assert causal_model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        alone = sum(F.cross_entropy(causal_model(input_ids=x[None]).logits[0, :-1], y[1:], reduction="sum")
+                    for x, y in zip(ids, labels))
+    torch.testing.assert_close(loss.detach(), alone, rtol=1e-5, atol=0)
+
+
+def test_attending_per_sample_restores_the_setting_after_an_error(causal_model):
+    with pytest.raises(RuntimeError, match="packed_lengths"):
+        with packed_attention.attending_per_sample(causal_model):
+            causal_model.model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=False)  # no packed_lengths given
+    assert causal_model.config._attn_implementation == "sdpa"
+
+
+def test_attend_per_sample_applies_a_sliding_window_longer_samples_exceed():
+    """Segments of 7 and 3 tokens, window 4: the 7-token one gets the banded mask, the other plain causal.
+    Reference: softmax attention written out, each sample alone."""
+    torch.manual_seed(0)
+    heads, dim, lengths, window = 2, 8, (7, 3), 4
+    query, key, value = (torch.randn(1, heads, sum(lengths), dim) for _ in range(3))
+    module = nn.Module()  # no `num_key_value_groups`: one key/value head per query head
+    got, _ = packed_attention.attend_per_sample(module, query, key, value, None, packed_lengths=lengths,
+                                                sliding_window=window, scaling=dim**-0.5, dropout=0.0)
+    expected, start = [], 0
+    for length in lengths:
+        q, k, v = (t[0, :, start : start + length] for t in (query, key, value))
+        distance = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+        allowed = (distance >= 0) & (distance < window)
+        scores = (q @ k.transpose(-1, -2) * dim**-0.5).masked_fill(~allowed, float("-inf"))
+        expected.append((scores.softmax(-1) @ v).transpose(0, 1))  # (length, heads, dim)
+        start += length
+    torch.testing.assert_close(got[0], torch.cat(expected), rtol=1e-5, atol=1e-6)

@@ -8,6 +8,9 @@ the padding. It only looks for them when there is no cache, so the model must be
 `use_cache=False` (the trainer always does). The first label of each sample is set to -100 so
 that, after the loss's one-position shift, the last token of a sample is not asked to predict the
 first token of the next; that label never carried loss anyway (nothing precedes it).
+`packed_lengths` (the samples' lengths, a tuple on the host) lets models on sdpa or eager attention
+attend each sample's slice of the row on its own (`itersft.packed_attention`) rather than the whole
+row under that mask.
 
 Samples whose attention mask has zeros (padding the caller left inside) are not packed: dropping
 those tokens would renumber positions, so such micro-batches stay padded.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from itersft import packed_attention
 from itersft.data.example import IGNORE_INDEX, Example
 
 
@@ -25,8 +29,9 @@ def can_pack(examples: list[Example]) -> bool:
     return all(bool(e.attention_mask.all()) for e in examples)
 
 
-def pack(examples: list[Example]) -> dict[str, torch.Tensor]:
-    """`input_ids`, `position_ids` and `labels`, each `(1, total_tokens)`, for causal samples."""
+def pack(examples: list[Example]) -> dict[str, torch.Tensor | tuple[int, ...]]:
+    """`input_ids`, `position_ids` and `labels`, each `(1, total_tokens)`, for causal samples, and
+    `packed_lengths`, the samples' lengths in row order."""
     labels = []
     for example in examples:
         own = example.labels.clone()
@@ -36,6 +41,7 @@ def pack(examples: list[Example]) -> dict[str, torch.Tensor]:
         "input_ids": torch.cat([e.input_ids for e in examples])[None],
         "position_ids": torch.cat([torch.arange(len(e.input_ids)) for e in examples])[None],
         "labels": torch.cat(labels)[None],
+        "packed_lengths": tuple(len(e.input_ids) for e in examples),
     }
 
 
@@ -68,15 +74,17 @@ def supports_packing(model) -> bool:
 def packing_pays(lengths: list[int], model) -> bool:
     """Whether one packed row of samples of these `lengths` should cost less than right-padding them.
 
-    With flash-attention kernels a packed row is attended sample by sample, so packing always pays.
-    With sdpa and eager attention the row is attended as a whole under a block-diagonal mask, at a cost
-    growing with (tokens in the row)^2. Per layer and token, the projections and MLP cost about
-    12 * hidden^2 and attention about 4 * hidden * (context); so packing `n` tokens is cheaper than
-    `b` rows of `m` when n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks
-    padding for length-sorted micro-batches (little padding to save) and packing for mixed ones.
+    Where the row is attended sample by sample (flash-attention kernels, or sdpa and eager through
+    `itersft.packed_attention`) packing always pays: it computes no padding and attends no more.
+    Otherwise (sdpa and eager under activation checkpointing) the row is attended as a whole under a
+    block-diagonal mask, at a cost growing with (tokens in the row)^2. Per layer and token, the
+    projections and MLP cost about 12 * hidden^2 and attention about 4 * hidden * (context); so packing
+    `n` tokens is cheaper than `b` rows of `m` when n * (3 * hidden + n) < b * m * (3 * hidden + m).
+    Measured on CPU, this picks padding for length-sorted micro-batches (little padding to save) and
+    packing for mixed ones.
     """
     base = model.get_base_model() if getattr(model, "active_peft_config", None) is not None else model
-    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash"):
+    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash") or packed_attention.applies(model):
         return True
     hidden = 3 * int(getattr(base.config, "hidden_size", 0) or 0)
     tokens, longest = sum(lengths), max(lengths)
