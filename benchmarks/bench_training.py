@@ -109,18 +109,23 @@ def compare_with_trl(model_dir: Path, args) -> tuple[str, dict]:
     # Started together (start-up and warm-up are not timed), then every round runs one process at a time.
     workers = {key: Worker(args.trl_python if key[1] == "trl" else sys.executable, key[1], model_dir, key[0], args)
                for key in order}
-    for worker in workers.values():
-        worker.wait_ready()
     runs = {key: [] for key in order}
-    for round_index in range(args.rounds):
-        shift = round_index % len(order)
-        for key in order[shift:] + order[:shift]:
-            result = workers[key].round()
-            runs[key].append(result)
-            print(f"# round {round_index + 1}, accumulation {key[0]}, {key[1]}: "
-                  f"{' '.join(f'{s:.2f}' for s in result['step_seconds'])} s/step, {rate(result):,.0f} real tokens/s",
-                  flush=True)
-    finals = {key: worker.close() for key, worker in workers.items()}
+    try:
+        for worker in workers.values():
+            worker.wait_ready()
+        for round_index in range(args.rounds):
+            shift = round_index % len(order)
+            for key in order[shift:] + order[:shift]:
+                result = workers[key].round()
+                runs[key].append(result)
+                print(f"# round {round_index + 1}, accumulation {key[0]}, {key[1]}: "
+                      f"{' '.join(f'{s:.2f}' for s in result['step_seconds'])} s/step, "
+                      f"{rate(result):,.0f} real tokens/s", flush=True)
+        finals = {key: worker.close() for key, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            if worker.process.poll() is None:
+                worker.process.kill()
     rows, headline = [], {}
     for accumulation in args.accumulation:
         first = runs[accumulation, systems[0]][0]
