@@ -50,6 +50,7 @@ def attend_per_sample(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         raise RuntimeError(f"{NAME} attends one packed row and needs `packed_lengths` summing to its length; got "
                            f"lengths {packed_lengths} for a query of shape {tuple(query.shape)}. It is meant to be "
                            "switched on by `attending_per_sample` around a packed forward call only.")
+    kwargs.pop("is_causal", None)  # each slice is causal by construction
     outputs, start = [], 0
     for length in packed_lengths:
         end = start + length
