@@ -18,7 +18,8 @@ Deliberately not used (`applies` says False; the caller keeps transformers' mask
 correct, only slower) where the switch could be missed or outlive the call: activation checkpointing
 (the forward runs again during backward, after the switch is undone), configs with sub-configs
 (multimodal models), and attention other than `sdpa` or `eager` (flash kernels already attend per
-sample; flex and the rest are left as they are).
+sample; flex and the rest are left as they are). The switch is not thread-safe: another thread running
+the same model during a packed forward would see it (step() and the loop run the model from one thread).
 """
 
 from __future__ import annotations
