@@ -69,15 +69,23 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def header(title: str, trl_python: str | None = None, device: str = "cpu") -> str:
-    """The lines above a table: what was measured, the commit, versions, threads, machine and load."""
+def snapshot() -> dict:
+    """The commit and the load when a measurement starts (a header is printed after it ends)."""
+    return {"commit": commit(), "load": load()}
+
+
+def header(title: str, trl_python: str | None = None, device: str = "cpu", started: dict | None = None) -> str:
+    """The lines above a table: what was measured, the commit, versions, threads, machine, and the load at
+    the start (`started`, from `snapshot()` when the measurement began) and now."""
     import transformers
 
+    started = started or snapshot()
     lines = [f"# {title}",
-             f"# commit {commit()}; python {platform.python_version()}, torch {torch.__version__}, transformers "
-             f"{transformers.__version__}" + (f"; {trl_versions(trl_python)}" if trl_python is not None else ""),
-             f"# machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {load()} "
-             "at the start"]
+             f"# commit {started['commit']}; python {platform.python_version()}, torch {torch.__version__}, "
+             f"transformers {transformers.__version__}"
+             + (f"; {trl_versions(trl_python)}" if trl_python is not None else ""),
+             f"# machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+             f"{started['load']} at the start, {load()} at the end"]
     if device.startswith("cuda") and torch.cuda.is_available():
         lines.append(f"# device: {torch.cuda.get_device_name(device)}")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BATCH_SIZE, header, median, quiet_transformers, save_model, table, text_workload  # noqa: E402
+from _common import BATCH_SIZE, header, median, quiet_transformers, save_model, snapshot, table, text_workload  # noqa: E402
 
 LARGE = {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 6,
          "num_attention_heads": 12, "num_key_value_heads": 4}
@@ -50,6 +50,7 @@ def main() -> None:
     default = IterativeSFTConfig.batching
     size = "~65M (hidden 768, 6 layers, 32k vocab)" if args.large else "~6.3M (hidden 256, 4 layers, 8k vocab)"
     for accumulation in args.accumulation:
+        started = snapshot()
         trainers = {}
         for mode in MODES:
             config = IterativeSFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", save_strategy="no",
@@ -73,7 +74,7 @@ def main() -> None:
                          " ".join(f"{r:.2f}" for r in ratios), f"{median(seconds[mode]):.2f}", f"{padding[mode]:.2f}"])
         print(header(f"batching modes: {size}, 16 texts/step of 16-512 tokens, batch {BATCH_SIZE}, accumulation "
                      f"{accumulation}; 1 warm-up + {args.rounds} rounds, median of per-round speed vs padded"
-                     + ("; CPU seconds" if args.clock == "cpu" else "")))
+                     + ("; CPU seconds" if args.clock == "cpu" else ""), started=started))
         print(table(rows, ["system", "speed vs padded", "per round", "median s/step", "computed/real tokens"]),
               flush=True)
 

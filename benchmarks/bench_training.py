@@ -239,7 +239,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)  # this process runs the overhead comparison
 
-    from _common import header
+    from _common import header, snapshot
 
     model_dir = prepare_model(args.model, Path(tempfile.mkdtemp()))
     workload = (f"{args.model} ({MODELS[args.model]['label']}), {args.samples} texts/step of 16-{args.max_length} "
@@ -248,25 +248,26 @@ def main() -> None:
                 + ("; CPU seconds, not wall time" if args.clock == "cpu" else ""))
     headline = {}
     if not args.skip_trl_comparison:
+        started = snapshot()
         text, found = compare_with_trl(model_dir, args)
         headline |= found
         print(header(f"itersft vs TRL 0.23.1 and a bare loop, equal updates, identical samples: {workload}; "
                      f"a process per system, 1 warm-up step, then {args.rounds} rounds x {args.steps} steps, "
                      "systems rotated within each round; medians",
-                     args.trl_python, args.device))
+                     args.trl_python, args.device, started))
         print(text, flush=True)
+    started = snapshot()
     text, found = compare_with_bare(model_dir, args)
     headline |= found
     print(header(f"trainer overhead: step() vs a bare loop on the same micro-batches, one process, alternating: "
                  f"{workload}; 1 warm-up + {args.overhead_rounds} rounds, median of per-round ratios",
-                 device=args.device))
+                 device=args.device, started=started))
     print(text)
     targets = {"vs TRL": ">= 2x", "vs bare loop": ">= 0.95x", "RSS vs bare": "<= 1.2x"}
     print("\n# headline (target)")
     for name, value in headline.items():
         target = next((t for k, t in targets.items() if k in name and name.startswith("itersft")), "the limit")
         print(f"- {name}: {value:.2f}x ({target})")
-    print(f"# {os.getloadavg()[0]:.2f} load average at the end")
 
 
 if __name__ == "__main__":

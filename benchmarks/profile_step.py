@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BATCH_SIZE, header, quiet_transformers, save_model, text_workload  # noqa: E402
+from _common import BATCH_SIZE, header, quiet_transformers, save_model, snapshot, text_workload  # noqa: E402
 
 # Each operator's own (self) time goes to the first part whose keys match it or one of its callers.
 PARTS = {
@@ -68,13 +68,15 @@ def main() -> None:
     trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
                                   tokenizer=AutoTokenizer.from_pretrained(model_dir))
     trainer.step(texts=text_workload(0))
+    started_at = snapshot()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
         for index in range(1, args.steps + 1):
             trainer.step(texts=text_workload(index))
         wall = time.perf_counter() - started
     print(header(f"step() profile: ~6.3M model, 16 texts/step of 16-512 tokens, batch {BATCH_SIZE}, accumulation "
-                 f"{args.accumulation}, batching={trainer.batching}; {args.steps} steps after 1 warm-up"))
+                 f"{args.accumulation}, batching={trainer.batching}; {args.steps} steps after 1 warm-up",
+                 started=started_at))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     totals = dict.fromkeys([*PARTS, REST], 0.0)
     for event in prof.events():
