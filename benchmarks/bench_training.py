@@ -22,10 +22,10 @@ What is held equal in each comparison:
   (same order, sorting, packing, loss function, clipping and fused AdamW), built before its clock
   starts; its loss must equal `step()`'s (checked every round), which proves the same work was done.
 
-Method: every system of the TRL comparison runs in its own process (TRL in its own virtualenv,
-`setup_trl_venv.sh`), all started together and warmed up with one step; then `--rounds` rounds,
-in each of which every process runs `--steps` timed steps in turn (the same texts every round), in an
-order that rotates between rounds. The overhead comparison alternates `step()` and the bare loop step
+Method: per accumulation, every system of the TRL comparison runs in its own process (TRL in its own
+virtualenv, `setup_trl_venv.sh`), all started together and warmed up with one step; then `--rounds`
+rounds, in each of which every process runs `--steps` timed steps in turn (the same texts every
+round), in an order that rotates between rounds. The overhead comparison alternates `step()` and the bare loop step
 by step in this process. Each ratio is the median over rounds of that round's ratio; peak RSS is each
 process's own high-water mark.
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -100,32 +101,33 @@ def rate(result: dict) -> float:
 
 
 def compare_with_trl(model_dir: Path, args) -> tuple[str, dict]:
-    """A process per (accumulation, system); then `--rounds` rounds in which each runs its timed steps in
+    """Per accumulation, a process per system; then `--rounds` rounds in which each runs its timed steps in
     turn, the order rotating between rounds. Returns the table and the headline ratios."""
     systems = [s for s in SYSTEMS if s != "trl" or Path(args.trl_python).exists()]
     if "trl" not in systems:
         print(f"# {args.trl_python} not found: run benchmarks/setup_trl_venv.sh. TRL is left out.", flush=True)
-    order = [(a, s) for a in args.accumulation for s in systems]
-    # Started together (start-up and warm-up are not timed), then every round runs one process at a time.
-    workers = {key: Worker(args.trl_python if key[1] == "trl" else sys.executable, key[1], model_dir, key[0], args)
-               for key in order}
-    runs = {key: [] for key in order}
-    try:
-        for worker in workers.values():
-            worker.wait_ready()
-        for round_index in range(args.rounds):
-            shift = round_index % len(order)
-            for key in order[shift:] + order[:shift]:
-                result = workers[key].round()
-                runs[key].append(result)
-                print(f"# round {round_index + 1}, accumulation {key[0]}, {key[1]}: "
-                      f"{' '.join(f'{s:.2f}' for s in result['step_seconds'])} s/step, "
-                      f"{rate(result):,.0f} real tokens/s", flush=True)
-        finals = {key: worker.close() for key, worker in workers.items()}
-    finally:
-        for worker in workers.values():
-            if worker.process.poll() is None:
-                worker.process.kill()
+    runs, finals = {}, {}
+    for accumulation in args.accumulation:  # one accumulation at a time: fewer processes held at once
+        order = [(accumulation, s) for s in systems]
+        # Started together (start-up and warm-up are not timed), then every round runs one process at a time.
+        workers = {key: Worker(args.trl_python if key[1] == "trl" else sys.executable, key[1], model_dir,
+                               accumulation, args) for key in order}
+        try:
+            for worker in workers.values():
+                worker.wait_ready()
+            for round_index in range(args.rounds):
+                shift = round_index % len(order)
+                for key in order[shift:] + order[:shift]:
+                    result = workers[key].round()
+                    runs.setdefault(key, []).append(result)
+                    print(f"# round {round_index + 1}, accumulation {accumulation}, {key[1]}: "
+                          f"{' '.join(f'{s:.2f}' for s in result['step_seconds'])} s/step, "
+                          f"{rate(result):,.0f} real tokens/s", flush=True)
+            finals |= {key: worker.close() for key, worker in workers.items()}
+        finally:
+            for worker in workers.values():
+                if worker.process.poll() is None:
+                    worker.process.kill()
     rows, headline = [], {}
     for accumulation in args.accumulation:
         first = runs[accumulation, systems[0]][0]
@@ -234,6 +236,7 @@ def main() -> None:
     parser.add_argument("--skip-trl-comparison", action="store_true", help="only the in-process overhead comparison")
     args = parser.parse_args()
     quiet_transformers()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` or `kill` still stops the workers
     if args.threads:
         import torch
 

@@ -25,6 +25,7 @@ the same model during a packed forward would see it (step() and the loop run the
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -77,9 +78,21 @@ def applies(model: nn.Module) -> bool:
     config = getattr(base, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) not in REPLACEABLE:
         return False
-    # transformers marks each checkpointed layer with `gradient_checkpointing = True`.
-    checkpointed = any(getattr(module, "gradient_checkpointing", False) is True for module in base.modules())
-    return not getattr(config, "sub_configs", None) and not checkpointed
+    return not getattr(config, "sub_configs", None) and not _checkpointed(base)
+
+
+# Per model, the modules that carry transformers' `gradient_checkpointing` flag (it sets the flag only on
+# modules that have it, so the set is fixed when the model is built): found once, so that the check
+# costs a few attribute reads per micro-batch rather than a walk over every module.
+_FLAGGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _checkpointed(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on for any layer of `model`."""
+    flagged = _FLAGGED.get(model)
+    if flagged is None:
+        flagged = _FLAGGED[model] = tuple(m for m in model.modules() if hasattr(m, "gradient_checkpointing"))
+    return any(module.gradient_checkpointing is True for module in flagged)
 
 
 @contextlib.contextmanager
