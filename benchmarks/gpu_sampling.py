@@ -98,7 +98,7 @@ def main() -> None:
                "itersft Sampler (defaults)": itersft_sampler}
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rates = {name: [] for name in systems}
-    started = snapshot()
+    began = snapshot()
     for round_index in range(args.rounds + 1):  # round 0 warms up
         names = list(systems) if round_index % 2 else list(systems)[::-1]
         for name in names:
@@ -115,7 +115,7 @@ def main() -> None:
     print(header(f"sampling: {args.model} ({MODELS[args.model]['label']}), {'bf16' if args.bf16 else 'float32'} on "
                  f"{args.device}; {args.prompts} prompts of 16-64 tokens x k={args.k}, {args.max_new_tokens} new "
                  f"tokens (EOS off), {args.batch_prompts} prompts per call; Sampler backend {backend!r}; 1 warm-up + "
-                 f"{args.rounds} rounds, median of per-round ratios", device=args.device, started=started))
+                 f"{args.rounds} rounds, median of per-round ratios", device=args.device, started=began))
     print(table(rows, ["system", "sampled tokens/s", "vs batched generate", "per round"]))
 
 

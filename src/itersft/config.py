@@ -58,12 +58,12 @@ class IterativeSFTConfig(TrainingArguments):
         metadata={"help": "How `step()` lays out micro-batches; every mode learns the same thing (same loss and "
                           "gradient per update). `auto` (the fastest measured): sorted, and each micro-batch packed "
                           "when that is cheaper, which is always where the row is attended sample by sample "
-                          "(flash-attention, or sdpa/eager without activation checkpointing). `sorted`: within each "
-                          "accumulation window, samples of similar length share a micro-batch, right-padded. "
-                          "`packed`: sorted, then each causal micro-batch is one padding-free row with per-sample "
-                          "`position_ids` (under activation checkpointing sdpa and eager attend that row whole, at a "
-                          "cost in (tokens in the row)^2). `padded`: the given (shuffled) order, right-padded. "
-                          "Seq2seq and models without packed-sequence support are never packed."},
+                          "(flash-attention, or sdpa/eager on CPU without activation checkpointing). `sorted`: "
+                          "within each accumulation window, samples of similar length share a micro-batch, "
+                          "right-padded. `packed`: sorted, then each causal micro-batch is one padding-free row with "
+                          "per-sample `position_ids` (elsewhere sdpa and eager attend that row whole, at a cost in "
+                          "(tokens in the row)^2). `padded`: the given (shuffled) order, right-padded. Seq2seq and "
+                          "models without packed-sequence support are never packed."},
     )
     logging_steps: float = field(
         default=10,

@@ -18,7 +18,11 @@ Deliberately not used (`applies` says False; the caller keeps transformers' mask
 correct, only slower) where the switch could be missed or outlive the call: activation checkpointing
 (the forward runs again during backward, after the switch is undone), configs with sub-configs
 (multimodal models), and attention other than `sdpa` or `eager` (flash kernels already attend per
-sample; flex and the rest are left as they are). The switch is not thread-safe: another thread running
+sample; flex and the rest are left as they are). Also not on accelerators, for now: there a packed
+row of a few thousand tokens costs little attention under the mask in one kernel per layer, while a
+kernel per sample adds launches (several per sample and layer, forward and backward) that may cost
+more than they save; only CPU has been measured (`benchmarks/bench_batching_modes.py --device cuda`
+is the check). The switch is not thread-safe: another thread running
 the same model during a packed forward would see it (step() and the loop run the model from one thread).
 """
 
@@ -78,6 +82,9 @@ def applies(model: nn.Module) -> bool:
     config = getattr(base, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) not in REPLACEABLE:
         return False
+    device = getattr(base, "device", None)
+    if getattr(device, "type", None) != "cpu":
+        return False  # measured on CPU only; see the module docstring
     return not getattr(config, "sub_configs", None) and not _checkpointed(base)
 
 

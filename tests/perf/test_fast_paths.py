@@ -132,6 +132,11 @@ def test_packing_pays_wherever_the_row_is_attended_per_sample(causal_model):
     assert packing_pays([40, 39, 38, 40], causal_model)
 
 
+def test_per_sample_attention_is_for_cpu_models_only(causal_model):
+    assert packed_attention.applies(causal_model)
+    assert not packed_attention.applies(causal_model.to("meta"))  # any non-CPU device: the masked row stays
+
+
 def test_by_length_regroups_within_the_window_only():
     window = [[3, 9], [1, 7], [5]]
     assert by_length(window, lambda n: n) == [[9, 7], [5, 3], [1]]

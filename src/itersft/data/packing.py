@@ -74,14 +74,14 @@ def supports_packing(model) -> bool:
 def packing_pays(lengths: list[int], model) -> bool:
     """Whether one packed row of samples of these `lengths` should cost less than right-padding them.
 
-    Where the row is attended sample by sample (flash-attention kernels, or sdpa and eager through
-    `itersft.packed_attention`) packing always pays: it computes no padding and attends no more.
-    Otherwise (sdpa and eager under activation checkpointing) the row is attended as a whole under a
-    block-diagonal mask, at a cost growing with (tokens in the row)^2. Per layer and token, the
-    projections and MLP cost about 12 * hidden^2 and attention about 4 * hidden * (context); so packing
-    `n` tokens is cheaper than `b` rows of `m` when n * (3 * hidden + n) < b * m * (3 * hidden + m).
-    Measured on CPU, this picks padding for length-sorted micro-batches (little padding to save) and
-    packing for mixed ones.
+    Where the row is attended sample by sample (flash-attention kernels, or sdpa and eager on CPU
+    through `itersft.packed_attention`) packing always pays: it computes no padding and attends no
+    more. Otherwise (sdpa and eager on an accelerator or under activation checkpointing) the row is
+    attended as a whole under a block-diagonal mask, at a cost growing with (tokens in the row)^2.
+    Per layer and token, the projections and MLP cost about 12 * hidden^2 and attention about
+    4 * hidden * (context); so packing `n` tokens is cheaper than `b` rows of `m` when
+    n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks padding for
+    length-sorted micro-batches (little padding to save) and packing for mixed ones.
     """
     base = model.get_base_model() if getattr(model, "active_peft_config", None) is not None else model
     if str(getattr(base.config, "_attn_implementation", "")).startswith("flash") or packed_attention.applies(model):
