@@ -210,7 +210,7 @@ def test_statistics_are_global_and_identical_on_every_rank(two_rank_run, causal_
         samples = [s for rank in (0, 1) for s in worker_step.rank_samples(rank, call, vocab)]
         assert step["samples"] == len(samples) == (8 if call < worker_step.CALLS - 1 else 6)
         assert step["trained_tokens"] == sum(len(s) - 1 for s in samples)
-        assert step["total_tokens"] == sum(len(s) for s in samples)
+        assert step["real_tokens"] == sum(len(s) for s in samples)
         assert step["updates"] == 2 and step["global_step"] == 2 * (call + 1)
 
 

@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.loop.callbacks import LoopCallback
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
 from itersft.loop.filters import Threshold
 from itersft.loop.sampler import SamplingConfig
@@ -56,9 +57,21 @@ def _meta():
 
 def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
     loop = _loop(base_dir, tmp_path)
+    events = []
+
+    class RunEvents(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            events.append("begin")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            events.append("end")
+
+    loop.trainer.add_callback(RunEvents())
     history = loop.run(PROMPTS, _meta(), eval_prompts=PROMPTS[:4], eval_meta=_meta()[:4])
 
     assert [m["round"] for m in history] == [0, 1]
+    assert events == ["begin", "end"]  # the trainer's callbacks see one run: trackers flush at its end
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "trainer"])
     assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round-0000", "round-0001"]
@@ -84,16 +97,29 @@ def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
 
 
 def test_restart_from_base_trains_each_round_from_the_initial_weights(tmp_path, base_dir):
-    """A filter that keeps nothing: with restart_from_base, weights return to the base each round."""
+    """Round 1 starts training from the weights the loop was built with, not from round 0's result."""
     loop = _loop(base_dir, tmp_path, restart_from_base=True)
-    loop.filter = lambda samples: []
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    with torch.no_grad():
-        for p in loop.trainer.model.parameters():  # drift away from the base before the loop starts
-            p.add_(0.01)
-    loop._base_state = {k: v.clone() for k, v in base.state_dict().items()}
-    loop.run(PROMPTS, _meta())
-    assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(), loop.trainer.model.state_dict().values()))
+    base = {k: v.clone() for k, v in loop.trainer.model.state_dict().items()}
+    at_step_begin, round_ends = {}, []
+
+    class Snapshots(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            at_step_begin.setdefault(state.global_step, {k: v.clone() for k, v in model.state_dict().items()})
+
+    class RoundEnds(LoopCallback):
+        def on_round_end(self, metrics):
+            round_ends.append(metrics["global_step"])
+
+    loop.trainer.add_callback(Snapshots())
+    loop.callbacks.append(RoundEnds())
+    history = loop.run(PROMPTS, _meta())
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
+
+    def same(weights):
+        return all(torch.equal(weights[k], v) for k, v in base.items())
+
+    assert same(at_step_begin[0]) and same(at_step_begin[round_ends[0]])  # round 0 and round 1 start at the base
+    assert not same(at_step_begin[round_ends[0] - 1])  # round 0 trained away from it in between
 
 
 def test_restart_from_base_is_refused_under_deepspeed(tmp_path):
@@ -223,3 +249,11 @@ def test_the_example_config_runs(tmp_path, base_dir):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round" in result.stdout and "eval acc" in result.stdout
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("bad", [{"rounds": True}, {"restart_from_base": 1}, {"labelled_ratio": 1.0},
+                                 {"prompts_per_round": 0}])
+def test_loop_config_names_each_bad_setting(tmp_path, bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"Invalid LoopConfig:\n- `{name}`"):
+        LoopConfig(output_dir=str(tmp_path), **bad)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from itersft.cli import run_config
+from itersft.cli.progress import SamplingBars
 from itersft.cli.table import RoundTable
 
 
@@ -28,11 +29,13 @@ def main(args) -> int:
     labelled = run_config.read_labelled(config["labelled"]) if config.get("labelled") else None
     tokenizer = AutoTokenizer.from_pretrained(config.get("tokenizer") or config["model"])
     trainer = IterativeSFTTrainer(config["model"], run_config.build_training_args(config), tokenizer=tokenizer,
-                                  peft_config=run_config.build_peft(config), callbacks=[RoundTable(sys.stdout)])
+                                  peft_config=run_config.build_peft(config))
     loop_config = run_config.build_loop(config)
     loop = ExpertIteration(trainer, run_config.build_sampling(config), config["scorer"],
-                           run_config.build_filter(config), loop_config, labelled=labelled)
+                           run_config.build_filter(config), loop_config, labelled=labelled,
+                           callbacks=[SamplingBars(), RoundTable(sys.stdout)])
     history = loop.run(prompts, meta, eval_prompts=eval_prompts, eval_meta=eval_meta)
+    trainer.end()
     if main_process:
         print(f"done: {len(history)} rounds in {loop_config.output_dir} (metrics.jsonl, curves.png, final/)")
     return 0

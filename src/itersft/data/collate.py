@@ -17,10 +17,11 @@ def collate(examples: list[Example], pad_token_id: int, is_encoder_decoder: bool
     passed. Labels of padding are -100, whatever the pad token is, so a real EOS equal to the pad
     token still carries loss.
 
-    `packed=True` (causal only) gives one padding-free row instead (`itersft.data.packing`) when the
-    samples have no padding inside them; seq2seq batches are always padded.
+    `packed=True` gives one padding-free row instead (`itersft.data.packing`); whether a micro-batch may
+    be packed (causal, no padding inside a sample) is decided by `batching.lay_out_window`.
     """
-    if packed and not is_encoder_decoder and can_pack(examples):
+    if packed:
+        assert not is_encoder_decoder and can_pack(examples), "lay_out_window packs causal, unpadded samples only"
         return pack(examples)
     batch = {
         "input_ids": pad_sequence([e.input_ids for e in examples], batch_first=True, padding_value=pad_token_id),

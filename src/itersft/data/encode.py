@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from itersft.data.example import IGNORE_INDEX, Example
-from itersft.data.inputs import InputError
+from itersft.data.validate import InputError
 
 
-class SampleEncoder:
-    """Tokenises text inputs for one model type.
+class ExampleEncoder:
+    """Turns `step()` input of one model type (causal or seq2seq) into `Example`s.
 
     `add_eos_token` appends EOS to texts, completions and seq2seq targets that lack it, so the model
     learns to stop.
@@ -24,6 +24,17 @@ class SampleEncoder:
         self.is_encoder_decoder = is_encoder_decoder
         self.add_eos_token = add_eos_token
         self.eos_token_id = tokenizer.eos_token_id
+
+    def encode_input(self, form: str, lists: dict[str, list | None]) -> list[Example]:
+        """The examples of one validated `step()` input (`validate.validate_step_input`'s result)."""
+        if form == "tokens":
+            return from_token_ids(lists["input_ids"], lists["attention_mask"], lists["labels"],
+                                  self.is_encoder_decoder)
+        if form == "texts":
+            return self.from_texts(lists["texts"], lists["texts_labels"])
+        if form == "prompts":
+            return self.from_prompts(lists["prompts"], lists["completions"])
+        return self.from_messages(lists["messages"])
 
     def encode(self, text: str, add_special_tokens: bool = True, append_eos: bool = False) -> list[int]:
         """Token ids of `text`, with EOS appended when asked and configured and not already there."""

@@ -6,19 +6,19 @@ from collections.abc import Callable
 
 from datasets import Dataset
 
-from itersft.data.encode import SampleEncoder
+from itersft.data.encode import ExampleEncoder
 from itersft.data.example import Example
 
 
-def tokenize_eval_dataset(dataset, encoder: SampleEncoder, finish: Callable[[list[Example]], list[Example]]):
+def tokenize_eval_dataset(dataset, encoder: ExampleEncoder, truncate: Callable[[list[Example]], list[Example]]):
     """Return `dataset` with `input_ids`/`attention_mask`/`labels` columns.
 
     Already-tokenised datasets (an `input_ids` column) pass through. Text columns are recognised as in
     `step()`: `prompt` + `completion`, `messages`, or `text` (+ `text_label` as seq2seq targets).
-    `finish` applies the trainer's truncation. A dict of datasets is handled entry by entry.
+    `truncate` applies the trainer's truncation. A dict of datasets is handled entry by entry.
     """
     if isinstance(dataset, dict):
-        return {name: tokenize_eval_dataset(part, encoder, finish) for name, part in dataset.items()}
+        return {name: tokenize_eval_dataset(part, encoder, truncate) for name, part in dataset.items()}
     columns = set(getattr(dataset, "column_names", None) or [])
     if not columns or "input_ids" in columns:
         return dataset
@@ -34,7 +34,7 @@ def tokenize_eval_dataset(dataset, encoder: SampleEncoder, finish: Callable[[lis
             f"`eval_dataset` has columns {sorted(columns)}; expected `input_ids`, `text`, "
             "`prompt` + `completion`, or `messages`."
         )
-    examples = finish(examples)
+    examples = truncate(examples)
     return Dataset.from_dict({
         "input_ids": [e.input_ids.tolist() for e in examples],
         "attention_mask": [e.attention_mask.tolist() for e in examples],

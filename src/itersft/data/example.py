@@ -27,6 +27,10 @@ class Example:
         labels = self.labels[1:] if shifted else self.labels
         return int((labels != IGNORE_INDEX).sum())
 
+    def size(self) -> tuple[int, int]:
+        """`(source length, target length)`: the key samples are sorted by so that similar ones share a batch."""
+        return len(self.input_ids), len(self.labels)
+
     def num_real_tokens(self, is_encoder_decoder: bool) -> int:
         """Non-padding tokens processed: the source plus, for seq2seq, the target."""
         real = int(self.attention_mask.sum())

@@ -23,6 +23,19 @@ The methods it covers, by option:
 
 Completions that hit `max_new_tokens` before EOS are never trained on: they would teach the model to
 stop where it was cut off. They are counted as `samples_unfinished`.
+
+Seeds, one job each, so a rerun or a resume repeats the run exactly:
+
+* `SamplingConfig.seed` fixes every draw, per (round, prompt, sample): which prompts share a batch or
+  a rank does not change what a prompt's samples are.
+* `LoopConfig.seed` fixes the loop's own choices: which replayed and labelled samples join a round,
+  and the order in which a round's training set is cut into `step()` calls.
+* The trainer's `args.seed` fixes initialisation (adapters), dropout and the order of the samples
+  inside each `step()` call (`shuffle_samples`).
+
+The loop talks to the trainer through its public API only: `step()`, `reset_optimizer()`,
+`save_checkpoint()`, `resume_from_checkpoint()`, `save_model()`, `log()`, `finish_run()`, and the attributes
+`model`, `tokenizer`, `ranks`, `state`, `args`, `shards_parameters`.
 """
 
 from __future__ import annotations
@@ -34,10 +47,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from itersft.checkpoint import write_json_atomic
+from itersft.atomic import atomic_directory, write_json_atomic
+from itersft.checks import Problems
 from itersft.data.batching import shuffled
-from itersft.distributed import Ranks
-from itersft.loop.buffer import ReplayBuffer, mix_with_labelled
+from itersft.loop.buffer import ReplayBuffer, check_labelled_ratio, mix_with_labelled
+from itersft.loop.callbacks import LoopCallback
 from itersft.loop.evaluation import evaluate_prompts
 from itersft.loop.metrics import round_sample_metrics
 from itersft.loop.run_dir import RunDirectory
@@ -71,8 +85,8 @@ class LoopConfig:
         pass_score: a sample is correct when its score is at least this (pass@k, accuracy).
         eval_samples: k for held-out pass@k; 0: greedy accuracy only.
         fail_fast: let a scorer's exception stop the loop instead of marking the sample unscorable.
-        seed: seeds the order of training samples and the buffer's draws.
-        progress: show tqdm bars while sampling (the CLI turns this on).
+        seed: seeds the loop's own choices: the order of each round's training samples, the buffer's
+            draws and the labelled mix (see the module docstring for every seed).
     """
 
     output_dir: str
@@ -89,27 +103,23 @@ class LoopConfig:
     eval_samples: int = 0
     fail_fast: bool = False
     seed: int = 0
-    progress: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = Problems("LoopConfig")
         for name in ("rounds", "train_epochs", "step_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"`{name}` must be an int >= 1, got {getattr(self, name)!r}.")
+            problems.integer(name, getattr(self, name), minimum=1)
         for name in ("replay_samples", "eval_samples"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                problems.append(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
-        if self.prompts_per_round is not None and (not isinstance(self.prompts_per_round, int)
-                                                   or self.prompts_per_round < 1):
-            problems.append(f"`prompts_per_round` must be None or an int >= 1, got {self.prompts_per_round!r}.")
-        if self.buffer_capacity is not None and (not isinstance(self.buffer_capacity, int) or self.buffer_capacity < 0):
-            problems.append(f"`buffer_capacity` must be None or an int >= 0, got {self.buffer_capacity!r}.")
+            problems.integer(name, getattr(self, name), minimum=0)
+        problems.integer("prompts_per_round", self.prompts_per_round, minimum=1, optional=True)
+        problems.integer("buffer_capacity", self.buffer_capacity, minimum=0, optional=True)
+        problems.integer("seed", self.seed)
+        for name in ("restart_from_base", "reset_optimizer", "fail_fast"):
+            problems.boolean(name, getattr(self, name))
+        problems.number("pass_score", self.pass_score)
+        check_labelled_ratio(self.labelled_ratio, problems)
         if self.replay_samples and self.buffer_capacity == 0:
-            problems.append("`replay_samples` > 0 needs a buffer: set `buffer_capacity` (None = unbounded).")
-        if not 0 <= self.labelled_ratio < 1:
-            problems.append(f"`labelled_ratio` must be in [0, 1), got {self.labelled_ratio!r}.")
-        if problems:
-            raise ValueError("Invalid LoopConfig:\n- " + "\n- ".join(problems))
+            problems.add("`replay_samples` > 0 needs a buffer: set `buffer_capacity` (None = unbounded).")
+        problems.raise_if_any()
 
 
 class ExpertIteration:
@@ -124,10 +134,11 @@ class ExpertIteration:
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
             `config.labelled_ratio`.
+        callbacks: `LoopCallback`s, called on the main process (progress, per-round metrics).
     """
 
     def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str, filter, config: LoopConfig,
-                 labelled: list[Sample] | None = None):
+                 labelled: list[Sample] | None = None, callbacks: list[LoopCallback] | None = None):
         if config.restart_from_base and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError("`restart_from_base` does not work under DeepSpeed: its ZeRO optimizer keeps its own "
                              "float32 copy of the weights, which loading the base weights would not reset (the next "
@@ -140,23 +151,21 @@ class ExpertIteration:
         self.filter = filter
         self.config = config
         self.labelled = list(labelled or [])
-        self.ranks = Ranks(trainer.accelerator)
+        self.callbacks = list(callbacks or []) if trainer.is_world_process_zero() else []
         self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)
         self.buffer = ReplayBuffer(config.buffer_capacity, seed=config.seed) if config.buffer_capacity != 0 else None
         # The initial weights, kept on CPU for `restart_from_base` (taken before any resume).
         self._base_state = ({k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
                             if config.restart_from_base else None)
 
-    @property
-    def tokenizer(self):
-        return self.trainer.encoder.tokenizer
-
     def run(self, prompts: list[str], meta: list[dict] | None = None, eval_prompts: list[str] | None = None,
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
         `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`). Rerunning the same
-        call after an interruption resumes after the last complete round.
+        call after an interruption resumes after the last complete round. At the end `final/` holds the
+        model and tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which
+        fires `on_train_end` as `Trainer.train` does; trackers flush).
         """
         if not prompts:
             raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
@@ -173,31 +182,33 @@ class ExpertIteration:
             metrics = self._round(round_index, prompts, meta, eval_prompts, eval_meta)
             state = {"round": round_index, "history": state["history"] + [metrics], "initial": state["initial"]}
             self._checkpoint(round_index, state)
-        self.run_dir.finish(self.trainer, state)
+            for callback in self.callbacks:
+                callback.on_round_end(metrics)
+        self._save_final()
+        self.run_dir.write_summary(state)
+        self.trainer.finish_run()
+        for callback in self.callbacks:
+            callback.on_run_end(state["history"])
         return state["history"]
 
     # ---- one round ----------------------------------------------------------------------------
 
     def _round(self, round_index: int, prompts, meta, eval_prompts, eval_meta) -> dict[str, Any]:
         started = time.perf_counter()
+        trainer, ranks = self.trainer, self.trainer.ranks
         # Each rank samples and scores a contiguous share of the round's prompts; the filter then sees
         # every rank's samples, so best-of-k, top-% and dedup mean the same as in one process.
-        _, indices = self.ranks.block(self._round_prompt_indices(round_index, len(prompts)))
-        lockstep = self.ranks if self.trainer.shards_parameters else None
-        sampler = Sampler(self.trainer.model, self.tokenizer, self.sampling, lockstep=lockstep)
-        runs = _contiguous_runs(indices)
-        if lockstep is not None:  # every rank makes as many sample() calls as the others
-            runs += [(0, [])] * (lockstep.max(len(runs), self.trainer.args.device) - len(runs))
-        local = []
+        _, indices = ranks.block(self._round_prompt_indices(round_index, len(prompts)))
+        sampler = Sampler(trainer.model, trainer.tokenizer, self.sampling,
+                          lockstep=ranks if trainer.shards_parameters else None)
         sampling_started = time.perf_counter()
-        for offset, chunk in runs:
-            chunk_meta = [meta[i] for i in chunk] if meta is not None else None
-            local += sampler.sample([prompts[i] for i in chunk], round_index, meta=chunk_meta,
-                                    prompt_offset=offset, progress=self.config.progress)
+        local = sampler.sample([prompts[i] for i in indices], round_index,
+                               meta=[meta[i] for i in indices] if meta is not None else None,
+                               prompt_indices=indices, progress=self._progress("round", round_index))
         sampling_seconds = time.perf_counter() - sampling_started
         report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast)
-        drawn = self.ranks.gather(local)
-        (scorer_errors,) = self.ranks.sum([report.errors], self.trainer.args.device)
+        drawn = ranks.gather(local)
+        (scorer_errors,) = ranks.sum([report.errors], trainer.args.device)
         kept = self.filter(drawn)
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
         finished = [s for s in kept if s.finished]
@@ -216,11 +227,22 @@ class ExpertIteration:
         if eval_prompts:
             metrics.update(self._evaluate(eval_prompts, eval_meta, round_index))
         metrics["round_seconds"] = time.perf_counter() - started
-        self.trainer.log({f"loop/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        trainer.log({f"loop/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.info("round %d: kept %d of %d samples, train loss %s, eval accuracy %s", round_index,
                     metrics["samples_kept"], metrics["samples_drawn"], metrics.get("train_loss"),
                     metrics.get("eval_accuracy"))
         return metrics
+
+    def _progress(self, phase: str, round_index: int):
+        """The sampler's progress hook, forwarding to the callbacks (None when there are none)."""
+        if not self.callbacks:
+            return None
+
+        def report(done: int, total: int) -> None:
+            for callback in self.callbacks:
+                callback.on_sampling_progress(phase, round_index, done, total)
+
+        return report
 
     def _round_prompt_indices(self, round_index: int, total: int) -> list[int]:
         """This round's prompts: a fresh consecutive slice (wrapping around), or all of them."""
@@ -234,7 +256,8 @@ class ExpertIteration:
         """Train on the round's samples, `train_epochs` passes in `step_size` chunks.
 
         With several processes every rank holds the same training set and passes its share of each
-        chunk to `step()`, which weighs every token of every rank alike.
+        chunk to `step()`, which weighs every token of every rank alike. The order of each epoch is drawn
+        from `LoopConfig.seed` (see the module docstring); `step()` orders each chunk by its own rule.
         """
         if self.config.restart_from_base:
             self.trainer.model.load_state_dict(self._base_state)
@@ -245,23 +268,24 @@ class ExpertIteration:
         for epoch in range(self.config.train_epochs if training_set else 0):
             order = shuffled(training_set, self.config.seed, round_index * 1_000 + epoch)
             for start in range(0, len(order), self.config.step_size):
-                _, chunk = self.ranks.block(order[start : start + self.config.step_size])
+                _, chunk = self.trainer.ranks.block(order[start : start + self.config.step_size])
                 stats = self.trainer.step(prompts=[s.prompt for s in chunk], completions=[s.completion for s in chunk])
                 if stats["trained_tokens"]:
                     loss_sum += stats["loss"] * stats["trained_tokens"]
                 tokens += stats["trained_tokens"]
                 updates += stats["updates"]
-                real_tokens += stats["total_tokens"]
+                real_tokens += stats["real_tokens"]
         seconds = time.perf_counter() - started
         return {"train_samples": len(training_set), "train_loss": loss_sum / tokens if tokens else None,
                 "train_updates": updates, "global_step": self.trainer.state.global_step,
                 "training_seconds": seconds, "training_tokens_per_second": real_tokens / seconds if seconds else None}
 
     def _evaluate(self, eval_prompts, eval_meta, round_index: int) -> dict[str, Any]:
-        return evaluate_prompts(self.trainer.model, self.tokenizer, self.sampling, self.scorer, eval_prompts,
+        trainer = self.trainer
+        return evaluate_prompts(trainer.model, trainer.tokenizer, self.sampling, self.scorer, eval_prompts,
                                 eval_meta, self.config.pass_score, self.config.eval_samples, round_index,
-                                progress=self.config.progress, ranks=self.ranks,
-                                lockstep=self.trainer.shards_parameters)
+                                ranks=trainer.ranks, lockstep=trainer.shards_parameters,
+                                progress=self._progress("eval", round_index))
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -275,6 +299,15 @@ class ExpertIteration:
         self.trainer.save_checkpoint(self.run_dir.round_dir(round_index), extra=add_loop_state)
         self.run_dir.write_metrics(state["history"])
 
+    def _save_final(self) -> None:
+        """`final/`: the model (or adapters) and tokenizer, loadable with `from_pretrained`, written atomically."""
+        trainer = self.trainer
+        with atomic_directory(self.run_dir.final_dir, trainer.args.should_save,
+                              trainer.accelerator.wait_for_everyone) as staging:
+            trainer.save_model(str(staging))
+            if trainer.args.should_save:
+                trainer.processing_class.save_pretrained(str(staging))
+
     def _resume(self) -> dict[str, Any] | None:
         """Load the last complete round, if any; None for a fresh run."""
         latest = self.run_dir.latest_round_dir()
@@ -287,17 +320,6 @@ class ExpertIteration:
         logger.info("Resuming after round %d from %s", state["round"], latest)
         self.run_dir.write_metrics(state["history"])
         return state
-
-
-def _contiguous_runs(indices: list[int]) -> list[tuple[int, list[int]]]:
-    """Split indices into runs of consecutive values, as (first index, run) pairs."""
-    runs: list[tuple[int, list[int]]] = []
-    for index in indices:
-        if runs and runs[-1][1][-1] + 1 == index:
-            runs[-1][1].append(index)
-        else:
-            runs.append((index, [index]))
-    return runs
 
 
 def _read_json(path: Path):

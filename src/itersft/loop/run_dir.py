@@ -1,4 +1,5 @@
-"""The loop's run directory: where each artefact lives, written by the main process only.
+"""The loop's run directory: where each artefact lives, written by the main process only (files only:
+the model and checkpoints are written by the trainer).
 
     <output_dir>/
       rounds/round-0003/     full checkpoint after round 3 (model, optimizer, scheduler, RNG,
@@ -21,7 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from itersft.checkpoint import write_json_atomic, write_text_atomic
+from itersft.atomic import write_json_atomic, write_text_atomic
+from itersft.loop.curves import plot_curves
 from itersft.loop.samples import Sample
 
 ROUND_PATTERN = re.compile(r"^round-(\d+)$")
@@ -58,49 +60,19 @@ class RunDirectory:
             lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in history)
             write_text_atomic(self.root / "metrics.jsonl", lines)
 
-    def finish(self, trainer, state: dict[str, Any]) -> None:
-        """Save the final model and tokenizer, the summary of the run, and the curves.
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final"
+
+    def write_summary(self, state: dict[str, Any]) -> None:
+        """`loop_summary.json` (the evaluation before the loop and the last round) and `curves.png`.
 
         `metrics.jsonl` is already current: every round checkpoint and every resume rewrites it.
         """
-        final = self.root / "final"
-        trainer.save_model(str(final))
         if self.is_main:
-            trainer.processing_class.save_pretrained(str(final))
             write_json_atomic(self.root / "loop_summary.json", {
                 "rounds": len(state["history"]),
                 "initial": state["initial"],
                 "final": state["history"][-1] if state["history"] else {},
             })
             plot_curves(state["history"], self.root / "curves.png")
-
-
-# One panel per entry: (title, metric keys drawn on it).
-CURVES = (("held-out accuracy", ("eval_accuracy",)), ("acceptance rate", ("acceptance_rate",)),
-          ("train loss", ("train_loss",)), ("diversity of kept", ("distinct_1", "distinct_2")))
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """One small panel per metric group, x = round. Metrics a run did not record are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(title, [k for k in keys if any(m.get(k) is not None for m in history)]) for title, keys in CURVES]
-    panels = [(title, keys) for title, keys in panels if keys]
-    if not panels:
-        return
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-    for axis, (title, keys) in zip(axes[0], panels):
-        for key in keys:
-            points = [(m["round"], m[key]) for m in history if m.get(key) is not None]
-            axis.plot([r for r, _ in points], [v for _, v in points], marker="o", label=key)
-        if len(keys) > 1:
-            axis.legend(fontsize=7)
-        axis.set_title(title)
-        axis.set_xlabel("round")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -10,8 +10,9 @@ from typing import Any
 class Sample:
     """One completion drawn for one prompt.
 
-    `prompt_index` is the prompt's position in the round's prompt list (not its text), so duplicate
-    prompts stay distinct groups; `sample_index` numbers the k completions of that prompt.
+    `prompt_index` is the prompt's position in the whole prompt list given to the loop or the sampler
+    (not its text), so duplicate prompts stay distinct groups and a prompt keeps its index whichever
+    round or rank samples it; `sample_index` numbers the k completions of that prompt.
     `score` is filled in by scoring: a float, or None when the scorer could not score the sample.
     `meta` carries per-prompt metadata (e.g. the reference answer) through to the scorer.
     """
@@ -24,3 +25,7 @@ class Sample:
     finished: bool = True
     score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def passes(self, pass_score: float) -> bool:
+        """Whether the sample counts as correct: scored, and at least `pass_score` (unscorable fails)."""
+        return self.score is not None and self.score >= pass_score

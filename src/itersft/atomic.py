@@ -1,4 +1,4 @@
-"""Atomic checkpoint folders: written under a hidden staging name, then renamed into place.
+"""Atomic files and folders: written under a hidden staging name, then renamed into place.
 
 A process killed mid-write (kill -9, OOM, pre-emption) leaves a staging folder that nothing reads,
 never a half-written checkpoint that a resume would pick up.

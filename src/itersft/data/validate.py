@@ -1,6 +1,7 @@
 """Validation of what the caller hands to `step()`, before any tokenisation or model call.
 
-Every problem found is collected and raised once, naming the argument, the bad value and the fix, so
+One input form per call (token tensors, texts, prompt/completion pairs or chat messages). Every problem
+found is collected and raised once (`InputError`), naming the argument, the bad value and the fix, so
 bad input never surfaces as a traceback from inside torch or as a silently wrong batch.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from itersft.checks import Problems
 from itersft.data.example import IGNORE_INDEX
 
 FORMS = {
@@ -27,6 +29,35 @@ class InputError(ValueError, TypeError):
     It is both a `ValueError` and a `TypeError`, so callers catching either (wrong values, wrong
     types) catch it.
     """
+
+
+def validate_step_input(given: dict[str, Any], is_encoder_decoder: bool, vocab_size: int,
+                        allow_empty: bool = False) -> tuple[str, dict[str, list | None]]:
+    """Check `given` (step()'s keyword arguments, None where not passed): `(form, per-sample lists)`.
+
+    `vocab_size` bounds token ids; `allow_empty` accepts an empty list (a rank with nothing to train
+    on this call still takes part in the others' updates).
+    """
+    form = detect_form(given)
+    problems = Problems("step() input", error=InputError)
+    lists = {name: as_list(name, given[name], problems, allow_empty=allow_empty) for name in FORMS[form]}
+    check_lengths(lists, problems)
+    if form == "tokens" and lists["input_ids"] is not None:
+        check_token_tensors("input_ids", lists["input_ids"], vocab_size, problems)
+        for name, allow in (("attention_mask", False), ("labels", True)):
+            if lists[name] is not None:
+                check_token_tensors(name, lists[name], None if name == "attention_mask" else vocab_size,
+                                    problems, allow_ignore_index=allow)
+                if not is_encoder_decoder or name == "attention_mask":
+                    check_same_shapes(name, lists[name], "input_ids", lists["input_ids"], problems)
+    elif form in ("texts", "prompts"):
+        for name, values in lists.items():
+            if values is not None:
+                check_strings(name, values, problems)
+        if form == "prompts" and (lists["prompts"] is None) != (lists["completions"] is None):
+            problems.add("`prompts` and `completions` go together: give both, one completion per prompt.")
+    problems.raise_if_any()
+    return form, lists
 
 
 def detect_form(given: dict[str, Any]) -> str:
@@ -46,50 +77,50 @@ def detect_form(given: dict[str, Any]) -> str:
     return used[0]
 
 
-def as_list(name: str, value: Any, problems: list[str], allow_empty: bool = False) -> list | None:
+def as_list(name: str, value: Any, problems: Problems, allow_empty: bool = False) -> list | None:
     """Accept any sequence (list, tuple, `datasets` column) of samples; reject a bare tensor or str.
 
     An empty list is an error unless `allow_empty` (a rank of a multi-process run may hold no sample).
     """
     if value is None:
         return None
-    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, (Sequence, _Column())):
-        problems.append(
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, (Sequence, _column_type())):
+        problems.add(
             f"`{name}` must be a list with one entry per sample, got {type(value).__name__}. "
             "Wrap single samples in a list (a 2-D tensor: use `list(tensor)`)."
         )
         return None
     values = list(value)
     if not values and not allow_empty:
-        problems.append(f"`{name}` is empty: pass at least one sample.")
+        problems.add(f"`{name}` is empty: pass at least one sample.")
     return values
 
 
-def check_lengths(lists: dict[str, list | None], problems: list[str]) -> None:
+def check_lengths(lists: dict[str, list | None], problems: Problems) -> None:
     """All given per-sample lists must have the same number of entries."""
     sizes = {name: len(values) for name, values in lists.items() if values is not None}
     if len(set(sizes.values())) > 1:
-        problems.append(
+        problems.add(
             "per-sample lists differ in length: " + ", ".join(f"`{n}` has {k}" for n, k in sizes.items())
             + ". Give one entry per sample in each."
         )
 
 
-def check_token_tensors(name: str, values: list, vocab_size: int | None, problems: list[str],
+def check_token_tensors(name: str, values: list, vocab_size: int | None, problems: Problems,
                         allow_ignore_index: bool = False) -> None:
     """Each entry must be a 1-D integer tensor whose ids lie in `[0, vocab_size)` (or -100 for labels)."""
     for index, value in enumerate(values):
         where = f"`{name}[{index}]`"
         if not isinstance(value, torch.Tensor):
-            problems.append(f"{where} must be a 1-D torch.LongTensor, got {type(value).__name__}. "
-                            "Convert with `torch.tensor(ids)`.")
+            problems.add(f"{where} must be a 1-D torch.LongTensor, got {type(value).__name__}. "
+                         "Convert with `torch.tensor(ids)`.")
         elif value.dim() != 1:
-            problems.append(f"{where} must be 1-D (one sample), got shape {tuple(value.shape)}. "
-                            "Split a batch into a list of rows.")
+            problems.add(f"{where} must be 1-D (one sample), got shape {tuple(value.shape)}. "
+                         "Split a batch into a list of rows.")
         elif value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            problems.append(f"{where} must hold integer ids, got dtype {value.dtype}. Use `.long()`.")
+            problems.add(f"{where} must hold integer ids, got dtype {value.dtype}. Use `.long()`.")
         elif value.numel() == 0:
-            problems.append(f"{where} is empty: every sample needs at least one token.")
+            problems.add(f"{where} is empty: every sample needs at least one token.")
         elif vocab_size is not None:
             allowed = (value >= 0) & (value < vocab_size)
             if allow_ignore_index:
@@ -97,33 +128,27 @@ def check_token_tensors(name: str, values: list, vocab_size: int | None, problem
             if not bool(allowed.all()):
                 bad = value[~allowed][0].item()
                 extra = " or -100" if allow_ignore_index else ""
-                problems.append(f"{where} holds id {bad}, outside the model's vocabulary [0, {vocab_size}){extra}.")
+                problems.add(f"{where} holds id {bad}, outside the model's vocabulary [0, {vocab_size}){extra}.")
 
 
-def check_strings(name: str, values: list, problems: list[str]) -> None:
+def check_strings(name: str, values: list, problems: Problems) -> None:
     """Each entry must be a str."""
     for index, value in enumerate(values):
         if not isinstance(value, str):
-            problems.append(f"`{name}[{index}]` must be a str, got {type(value).__name__}.")
+            problems.add(f"`{name}[{index}]` must be a str, got {type(value).__name__}.")
 
 
-def check_same_shapes(name: str, values: list, reference_name: str, reference: list, problems: list[str]) -> None:
+def check_same_shapes(name: str, values: list, reference_name: str, reference: list, problems: Problems) -> None:
     """`values[i]` must have as many tokens as `reference[i]` (labels and masks align with ids)."""
     for index, (value, ref) in enumerate(zip(values, reference)):
         if isinstance(value, torch.Tensor) and isinstance(ref, torch.Tensor) and value.shape != ref.shape:
-            problems.append(
+            problems.add(
                 f"`{name}[{index}]` has {value.numel()} entries but `{reference_name}[{index}]` has "
                 f"{ref.numel()}: they must align token for token."
             )
 
 
-def raise_if(problems: list[str]) -> None:
-    """Raise one `InputError` listing every problem, or return."""
-    if problems:
-        raise InputError("Invalid step() input:\n- " + "\n- ".join(problems))
-
-
-def _Column():  # noqa: N802 - returns a type for isinstance
+def _column_type() -> type:
     """`datasets` columns are sequences without registering as `collections.abc.Sequence`."""
     try:
         from datasets.arrow_dataset import Column
