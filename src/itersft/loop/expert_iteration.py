@@ -43,7 +43,8 @@ from itersft.loop.metrics import round_sample_metrics
 from itersft.loop.run_dir import RunDirectory
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.samples import Sample
-from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
+from itersft.loop.scorers import Scorer, resolve_scorer, score_samples, validate_meta
+from itersft.loop.scoring_pool import DEFAULT_TIMEOUT, ScoringOptions, scoring_option_problems
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class LoopConfig:
         pass_score: a sample is correct when its score is at least this (pass@k, accuracy).
         eval_samples: k for held-out pass@k; 0: greedy accuracy only.
         fail_fast: let a scorer's exception stop the loop instead of marking the sample unscorable.
+        score_timeout: seconds one sample's scoring may take; past it the scoring worker is killed and
+            the sample scores 0.0 (counted as `samples_timed_out`). None only with `score_in_process`.
+        score_workers: scoring worker processes; None: the CPUs available, at most 8.
+        score_in_process: call the scorer on the whole batch in this process (GPU reward models,
+            batching scorers) with NO timeout: a hanging scorer hangs the run, a crashing one ends it.
+            Needs `score_timeout=None` and `score_workers=None`.
         seed: seeds the order of training samples and the buffer's draws.
         progress: show tqdm bars while sampling (the CLI turns this on).
     """
@@ -88,6 +95,9 @@ class LoopConfig:
     pass_score: float = 1.0
     eval_samples: int = 0
     fail_fast: bool = False
+    score_timeout: float | None = DEFAULT_TIMEOUT
+    score_workers: int | None = None
+    score_in_process: bool = False
     seed: int = 0
     progress: bool = False
 
@@ -108,8 +118,14 @@ class LoopConfig:
             problems.append("`replay_samples` > 0 needs a buffer: set `buffer_capacity` (None = unbounded).")
         if not 0 <= self.labelled_ratio < 1:
             problems.append(f"`labelled_ratio` must be in [0, 1), got {self.labelled_ratio!r}.")
+        problems += scoring_option_problems(self.score_timeout, self.score_workers, self.score_in_process, "score_")
         if problems:
             raise ValueError("Invalid LoopConfig:\n- " + "\n- ".join(problems))
+
+    @property
+    def scoring(self) -> ScoringOptions:
+        """How the scorer runs (`score_timeout`, `score_workers`, `score_in_process`)."""
+        return ScoringOptions(self.score_timeout, self.score_workers, self.score_in_process)
 
 
 class ExpertIteration:
@@ -137,6 +153,9 @@ class ExpertIteration:
         self.trainer = trainer
         self.sampling = sampling
         self.scorer = resolve_scorer(scorer)
+        if config.score_in_process:
+            logger.warning("score_in_process: the scorer runs in this process with no timeout; a scorer that hangs "
+                           "hangs the run and one that crashes ends it.")
         self.filter = filter
         self.config = config
         self.labelled = list(labelled or [])
@@ -155,8 +174,9 @@ class ExpertIteration:
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
-        `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`). Rerunning the same
-        call after an interruption resumes after the last complete round.
+        `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`); it is checked
+        against the scorer first (`validate_meta`). Rerunning the same call after an interruption
+        resumes after the last complete round.
         """
         if not prompts:
             raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
@@ -164,6 +184,9 @@ class ExpertIteration:
             raise ValueError(f"`meta` has {len(meta)} entries but `prompts` has {len(prompts)}.")
         if eval_prompts is not None and eval_meta is not None and len(eval_meta) != len(eval_prompts):
             raise ValueError(f"`eval_meta` has {len(eval_meta)} entries but `eval_prompts` has {len(eval_prompts)}.")
+        validate_meta(self.scorer, meta, len(prompts), "meta")
+        if eval_prompts:
+            validate_meta(self.scorer, eval_meta, len(eval_prompts), "eval_meta")
         state = self._resume()
         if state is None:
             state = {"round": -1, "history": [], "initial": {}}
@@ -195,14 +218,15 @@ class ExpertIteration:
             local += sampler.sample([prompts[i] for i in chunk], round_index, meta=chunk_meta,
                                     prompt_offset=offset, progress=self.config.progress)
         sampling_seconds = time.perf_counter() - sampling_started
-        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast)
+        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast, options=self.config.scoring)
         drawn = self.ranks.gather(local)
-        (scorer_errors,) = self.ranks.sum([report.errors], self.trainer.args.device)
+        scorer_errors, timed_out = self.ranks.sum([report.errors, report.timed_out], self.trainer.args.device)
         kept = self.filter(drawn)
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
         finished = [s for s in kept if s.finished]
         generated_tokens = sum(len(s.completion_ids) for s in drawn)
         metrics.update(samples_unfinished=len(kept) - len(finished), scorer_errors=int(scorer_errors),
+                       samples_timed_out=int(timed_out),
                        sampling_seconds=sampling_seconds,
                        sampling_tokens_per_second=generated_tokens / max(sampling_seconds, 1e-9))
         self.run_dir.write_accepted(round_index, finished)
@@ -261,7 +285,7 @@ class ExpertIteration:
         return evaluate_prompts(self.trainer.model, self.tokenizer, self.sampling, self.scorer, eval_prompts,
                                 eval_meta, self.config.pass_score, self.config.eval_samples, round_index,
                                 progress=self.config.progress, ranks=self.ranks,
-                                lockstep=self.trainer.shards_parameters)
+                                lockstep=self.trainer.shards_parameters, scoring=self.config.scoring)
 
     # ---- checkpoints --------------------------------------------------------------------------
 

@@ -1,21 +1,29 @@
 """Scorers: turn (prompt, completion, metadata) into a number the filter can rank or threshold.
 
-A scorer is a plain callable `(prompts, completions, **meta) -> list[float | None]`, called once per
-round on the whole batch. `meta` holds per-sample lists aligned with `prompts` (e.g. `answer=[...]`,
-gathered from each `Sample.meta`); a scorer takes the keys it needs and swallows the rest with `**_`.
-None means "could not score this one" (no answer found, verifier timed out): such samples are kept
-apart from wrong answers and never pass a score-based filter.
+A scorer is a plain callable `(prompts, completions, **meta) -> list[float | None]`. `meta` holds
+per-sample lists aligned with `prompts` (e.g. `answer=[...]`, gathered from each `Sample.meta`); a
+scorer takes the keys it needs and swallows the rest with `**_`. None means "could not score this
+one" (no answer found): such samples are kept apart from wrong answers and never pass a score-based
+filter.
 
-Built-ins are the verifiers of the self-training papers: `exact_match` and `numeric_answer` are the
-answer checks of STaR (Zelikman et al. 2022) and RFT on GSM8K (Yuan et al. 2023); `regex_match` covers
-format checks. Reward models, unit-test runners and LLM judges are user callables, passed directly or
-as a "package.module:function" string (so a YAML config can name them).
+Built-ins (`BUILTIN_SCORERS`, selectable by name from a config file): `exact_match` and `numeric`
+(also called `numeric_answer`) are the answer checks of STaR (Zelikman et al. 2022) and RFT on GSM8K
+(Yuan et al. 2023); `math` checks answer equivalence with math-verify (LaTeX, fractions, `\\boxed`;
+see `math_verifier`); `code` runs the completion against the sample's unit tests in a sandbox (see
+`code_verifier`, `code_sandbox`); `regex_match` builds format checks. Reward models and LLM judges are
+user callables, passed directly or as a "package.module:function" string.
 
-`score_samples` is the only place that calls a scorer. One sample that makes the scorer raise must not
-throw away a round of generation, so a failing batch call is retried one sample at a time and only the
-samples that still raise become unscorable (`fail_fast=True` turns that off while debugging a scorer).
-Returned values are validated: wrong length is a bug in the scorer and raises; a non-number, NaN or
-inf marks that sample unscorable. Not here: async or parallel scoring, caching, timeouts.
+`score_samples` is the only place that calls a scorer. By default it scores each sample alone in a
+forked worker process under a hard wall-clock timeout (`scoring_pool`): a sample past the timeout
+scores 0.0 and is counted, a worker that crashes costs one sample, never the run. With
+`ScoringOptions(in_process=True, timeout=None)` the scorer is called once on the whole batch in this
+process instead (GPU reward models), with no timeout; one sample that makes it raise must not throw
+away a round of generation, so a failing batch call is retried one sample at a time and only the
+samples that still raise become unscorable. `fail_fast=True` raises instead, while debugging a scorer.
+Returned values are validated: a result that is not one value per completion (wrong length, a dict,
+a set, a string) is a bug in the scorer and raises; a non-number, NaN or inf marks that sample
+unscorable. `validate_meta` checks a dataset's metadata against a scorer before any model loads.
+Not here: async scoring, caching.
 """
 
 from __future__ import annotations
@@ -24,11 +32,20 @@ import importlib
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from itersft.loop.samples import Sample
+from itersft.loop.scoring_pool import (
+    ScorerOutputError,
+    ScoringOptions,
+    check_output,
+    default_workers,
+    run_per_sample,
+    scorer_name,
+    to_score,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +105,7 @@ def _reference_number(answer: Any) -> float:
     return value
 
 
-def numeric_answer(
-    prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any
-) -> list[float | None]:
+def numeric(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float | None]:
     """1.0 where the completion's final number equals `answer` (relative tolerance 1e-6), else 0.0.
 
     The final number is found by `extract_number`; a completion without one is unscorable (None), so
@@ -107,6 +122,10 @@ def numeric_answer(
         else:
             scores.append(1.0 if math.isclose(got, expected, rel_tol=1e-6, abs_tol=0.0) else 0.0)
     return scores
+
+
+numeric_answer = numeric
+"""The earlier name of `numeric` (the same function)."""
 
 
 def regex_match(pattern: str | re.Pattern[str]) -> Scorer:
@@ -138,8 +157,28 @@ def regex_match(pattern: str | re.Pattern[str]) -> Scorer:
     return scorer
 
 
-BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric_answer": numeric_answer}
-"""Scorers selectable by name (e.g. from a config file)."""
+def _answer_problems(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Rows without a usable `answer`: the reference every answer-checking scorer compares against."""
+    return [f"row {i}: no `answer` (the reference this scorer compares against)" for i, row in enumerate(rows)
+            if row.get("answer") is None]
+
+
+def _numeric_problems(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    problems = _answer_problems(rows)
+    for i, row in enumerate(rows):
+        if row.get("answer") is not None:
+            try:
+                _reference_number(row["answer"])
+            except ValueError as exc:
+                problems.append(f"row {i}: {exc}")
+    return problems
+
+
+exact_match.check_meta = _answer_problems
+numeric.check_meta = _numeric_problems
+
+BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric}
+"""Scorers selectable by name (e.g. from a config file); `numeric_answer` is `numeric` by its earlier name."""
 
 
 def resolve_scorer(spec: Scorer | str) -> Scorer:
@@ -169,13 +208,34 @@ def resolve_scorer(spec: Scorer | str) -> Scorer:
     return target
 
 
+def validate_meta(scorer: Scorer | str, meta: Sequence[Mapping[str, Any]] | None, num_prompts: int,
+                  argument: str = "meta") -> None:
+    """Raise one ValueError listing every row of `meta` that `scorer` cannot score (before any model loads).
+
+    Uses the scorer's optional `check_meta(rows) -> list[str]` attribute (problems naming the row);
+    the built-ins check that `answer` is present (`numeric`: that it holds a number) and that `code`
+    tests parse as Python. `meta` None means every prompt has empty metadata. A scorer without
+    `check_meta` is not checked.
+    """
+    check = getattr(resolve_scorer(scorer), "check_meta", None)
+    if not callable(check):
+        return
+    rows = list(meta) if meta is not None else [{}] * num_prompts
+    problems = check(rows)
+    if problems:
+        shown = "\n- ".join(problems[:20]) + (f"\n- ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"`{argument}` does not suit scorer {scorer_name(resolve_scorer(scorer))} "
+                         f"({len(problems)} problem(s)):\n- {shown}")
+
+
 @dataclass
 class ScoringReport:
     """What happened when a batch was scored.
 
-    `scored + unscorable` is the number of samples. `errors` (the scorer raised on the sample) and
-    `invalid` (it returned a non-number, NaN or inf) are both counted inside `unscorable`, as are
-    explicit None returns. `first_error` is the first exception's message, for the log line.
+    `scored + unscorable` is the number of samples. `errors` (the scorer raised on the sample, or its
+    worker process died) and `invalid` (it returned a non-number, NaN or inf) are both counted inside
+    `unscorable`, as are explicit None returns. `timed_out` samples ran past the timeout and score
+    0.0, so they count inside `scored`. `first_error` is the first error's message, for the log line.
     """
 
     scored: int = 0
@@ -183,71 +243,53 @@ class ScoringReport:
     errors: int = 0
     invalid: int = 0
     first_error: str | None = None
+    timed_out: int = 0
 
 
-def _scorer_name(scorer: Scorer) -> str:
-    return getattr(scorer, "__name__", None) or repr(scorer)
-
-
-def _to_score(value: Any) -> tuple[float | None, bool]:
-    """(score, valid): None stays None; a finite number becomes a float; anything else is invalid."""
-    if value is None:
-        return None, True
-    if isinstance(value, str | bytes) or not hasattr(value, "__float__"):
-        return None, False
-    try:
-        number = float(value)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: e.g. a multi-element tensor
-        return None, False
-    if not math.isfinite(number):
-        return None, False
-    return number, True
-
-
-class ScorerOutputError(ValueError):
-    """The scorer returned something other than one value per completion: a bug in the scorer."""
-
-
-def _call(scorer: Scorer, samples: Sequence[Sample]) -> list[Any]:
-    """Call `scorer` on `samples` with their meta gathered into per-key lists; check the length."""
+def _meta_keys(samples: Sequence[Sample]) -> list[str]:
     keys: dict[str, None] = {}
     for sample in samples:
         keys.update(dict.fromkeys(sample.meta))
-    meta = {key: [s.meta.get(key) for s in samples] for key in keys}
+    return list(keys)
+
+
+def _call(scorer: Scorer, samples: Sequence[Sample]) -> list[Any]:
+    """Call `scorer` on `samples` with their meta gathered into per-key lists; check the output."""
+    meta = {key: [s.meta.get(key) for s in samples] for key in _meta_keys(samples)}
     result = scorer([s.prompt for s in samples], [s.completion for s in samples], **meta)
-    name = _scorer_name(scorer)
-    if isinstance(result, str | bytes) or not hasattr(result, "__len__"):
-        raise ScorerOutputError(f"scorer {name} must return a list of scores; got {type(result).__name__}")
-    if len(result) != len(samples):
-        raise ScorerOutputError(
-            f"scorer {name} returned {len(result)} scores for {len(samples)} samples; "
-            "it must return exactly one score (or None) per completion"
-        )
-    return list(result)
+    return check_output(result, len(samples), scorer_name(scorer))
 
 
-def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False) -> ScoringReport:
-    """Score `samples` in place (`sample.score`) with one batch call and report what happened.
+def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False,
+                  options: ScoringOptions | None = None) -> ScoringReport:
+    """Score `samples` in place (`sample.score`) and report what happened.
 
-    Meta keys missing from some samples are passed as None for those samples. If the batch call raises,
-    the samples are scored one at a time and those that still raise get score None (counted in
-    `errors`). With `fail_fast=True` the exception is raised instead, as a RuntimeError naming the
-    scorer and the first sample that raises alone (found by that same one-at-a-time pass). A result of
-    the wrong length (`ScorerOutputError`, a ValueError) always raises.
+    `options` (default `ScoringOptions()`) says how: each sample alone in a forked worker under a
+    per-sample timeout (a timed-out sample scores 0.0, a crashed worker's sample is unscorable and
+    counted in `errors`), or `in_process` in one batch call, retried one sample at a time if it raises
+    (samples that still raise are unscorable, counted in `errors`). Meta keys missing from some
+    samples are passed as None for those samples. With `fail_fast=True` an error is raised instead,
+    as a RuntimeError naming the scorer and the first sample that fails alone (timeouts still score
+    0.0). An output that is not one value per completion (`ScorerOutputError`, a ValueError) always
+    raises.
     """
-    name = _scorer_name(scorer)
+    options = options or ScoringOptions()
+    name = scorer_name(scorer)
     report = ScoringReport()
     if not samples:
         return report
-    try:
-        values = _call(scorer, samples)
-    except ScorerOutputError:
-        raise
-    except Exception as exc:
-        values = _score_one_by_one(scorer, samples, report, fail_fast, exc)
+    if options.in_process:
+        try:
+            values = _call(scorer, samples)
+        except ScorerOutputError:
+            raise
+        except Exception as exc:
+            values = _score_one_by_one(scorer, samples, report, fail_fast, exc)
+        results = [to_score(value) for value in values]
+    else:
+        results = _score_in_workers(scorer, samples, options, report, fail_fast)
 
-    for sample, value in zip(samples, values, strict=True):
-        score, valid = _to_score(value)
+    for sample, (score, valid) in zip(samples, results, strict=True):
         sample.score = score
         if score is not None:
             report.scored += 1
@@ -256,28 +298,52 @@ def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False
         if not valid:
             report.invalid += 1
     if report.errors:
-        logger.warning(
-            "scorer %s raised on %d of %d samples; they are unscorable. First error: %s",
-            name,
-            report.errors,
-            len(samples),
-            report.first_error,
-        )
+        logger.warning("scorer %s failed on %d of %d samples; they are unscorable. First error: %s",
+                       name, report.errors, len(samples), report.first_error)
     if report.invalid:
-        logger.warning(
-            "scorer %s returned a non-number, NaN or inf for %d of %d samples; they are unscorable",
-            name,
-            report.invalid,
-            len(samples),
-        )
+        logger.warning("scorer %s returned a non-number, NaN or inf for %d of %d samples; they are unscorable",
+                       name, report.invalid, len(samples))
+    if report.timed_out:
+        logger.warning("scorer %s ran past the %g s timeout on %d of %d samples; they score 0.0",
+                       name, options.timeout, report.timed_out, len(samples))
     return report
+
+
+def _score_in_workers(scorer: Scorer, samples: list[Sample], options: ScoringOptions, report: ScoringReport,
+                      fail_fast: bool) -> list[tuple[float | None, bool]]:
+    """(score, valid) per sample, each scored alone in a worker process (see `scoring_pool`)."""
+    keys = _meta_keys(samples)
+    calls = [(([s.prompt], [s.completion]), {key: [s.meta.get(key)] for key in keys}) for s in samples]
+    outcomes = run_per_sample(scorer, calls, options.timeout, options.workers or default_workers(),
+                              stop_on_error=fail_fast)
+    for outcome in outcomes:
+        if outcome is not None and outcome.status == "output_error":
+            raise ScorerOutputError(outcome.message)
+    results: list[tuple[float | None, bool]] = []
+    for sample, outcome in zip(samples, outcomes, strict=True):
+        if outcome is None:  # not run: scoring stopped at a failure (fail_fast), raised below
+            continue
+        if outcome.status in ("error", "crashed"):
+            if fail_fast:
+                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with "
+                                   f"prompt_index={sample.prompt_index}, sample_index={sample.sample_index}: "
+                                   f"{outcome.message}")
+            report.errors += 1
+            report.first_error = report.first_error or outcome.message
+            results.append((None, True))
+        elif outcome.status == "timed_out":
+            report.timed_out += 1
+            results.append((0.0, True))
+        else:
+            results.append((outcome.value, outcome.status == "ok"))
+    return results
 
 
 def _score_one_by_one(
     scorer: Scorer, samples: list[Sample], report: ScoringReport, fail_fast: bool, batch_exc: Exception
 ) -> list[Any]:
     """Score each sample alone after the batch call raised; a sample that raises gets None."""
-    name = _scorer_name(scorer)
+    name = scorer_name(scorer)
     logger.warning(
         "scorer %s raised on the batch of %d samples (%s: %s); scoring them one at a time",
         name,
