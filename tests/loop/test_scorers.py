@@ -12,6 +12,8 @@ import math
 
 import pytest
 
+from itersft.loop.code_verifier import code
+from itersft.loop.math_verifier import math_answer
 from itersft.loop.samples import Sample
 from itersft.loop.scorers import (
     BUILTIN_SCORERS,
@@ -113,7 +115,8 @@ def test_resolve_scorer_forms():
     assert resolve_scorer(exact_match) is exact_match
     assert resolve_scorer("itersft.loop.scorers:exact_match") is exact_match
     assert resolve_scorer("math:isclose") is math.isclose
-    assert BUILTIN_SCORERS == {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric}
+    assert BUILTIN_SCORERS == {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
+                               "math": math_answer, "code": code}
     assert numeric_answer is numeric  # the earlier name is the same function, not a copy
 
 

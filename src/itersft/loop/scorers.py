@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from itersft.loop.code_verifier import code
+from itersft.loop.math_verifier import math_answer
 from itersft.loop.samples import Sample
 from itersft.loop.scoring_pool import (
     ScorerOutputError,
@@ -177,7 +179,8 @@ def _numeric_problems(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 exact_match.check_meta = _answer_problems
 numeric.check_meta = _numeric_problems
 
-BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric}
+BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
+                                      "math": math_answer, "code": code}
 """Scorers selectable by name (e.g. from a config file); `numeric_answer` is `numeric` by its earlier name."""
 
 
