@@ -135,7 +135,8 @@ class ExpertIteration:
         trainer: an `IterativeSFTTrainer`; its model is the one sampled from and trained.
         sampling: how completions are drawn (`SamplingConfig`).
         scorer: `(prompts, completions, **meta) -> list[float | None]`, a built-in name
-            (`"exact_match"`, `"numeric_answer"`) or `"module:function"`.
+            (`"exact_match"`, `"numeric"`, `"math"`, `"code"`; see `scorers`) or `"module:function"`.
+            It runs per sample in worker processes under `config.score_timeout` (see `scoring_pool`).
         filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`.
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
