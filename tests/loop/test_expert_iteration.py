@@ -163,8 +163,8 @@ import time
 
 
 def exact(prompts, completions, answer, **meta):
-    """Exact match that takes a while, so a kill lands inside a round, never after the last one."""
-    time.sleep(0.4)
+    """Exact match that takes a while (0.05 s a sample), so a kill lands inside a round, never after the last one."""
+    time.sleep(0.05)
     return [float(c.strip() == a) for c, a in zip(completions, answer)]
 '''
 

@@ -9,7 +9,8 @@ from typing import Any
 from itersft.distributed import Ranks
 from itersft.loop.metrics import pass_rates
 from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
+from itersft.loop.scoring.pool import ScoringOptions
+from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples
 
 # Eval draws use their own round indices so they never repeat the training rounds' samples.
 EVAL_ROUND_OFFSET = 1_000_000
@@ -18,17 +19,20 @@ EVAL_ROUND_OFFSET = 1_000_000
 def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[str],
                      meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
                      ranks: Ranks | None = None, lockstep: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None = None,
+                     scoring: ScoringOptions | None = None) -> dict[str, Any]:
     """Score the model on held-out prompts.
 
     `eval_accuracy`: the share of prompts whose greedy completion scores at least `pass_score`
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
+    `eval_samples_timed_out`: samples whose scoring ran past the timeout of `scoring` (they score 0.0).
     With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
     `lockstep` says the model's parameters are sharded over them (see `Sampler`). `progress(done, total)`
     reports this rank's sampling progress.
     """
     scorer = resolve_scorer(scorer)
+    timed_out = 0
 
     def draw_and_score(config: SamplingConfig) -> list:
         offset, share = ranks.block(list(range(len(prompts)))) if ranks else (0, list(range(len(prompts))))
@@ -36,7 +40,8 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
         sampler = Sampler(model, tokenizer, config, lockstep=ranks if lockstep else None)
         samples = sampler.sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index, meta=share_meta,
                                  prompt_indices=share, progress=progress)
-        score_samples(scorer, samples)
+        nonlocal timed_out
+        timed_out += score_samples(scorer, samples, options=scoring).timed_out
         return ranks.gather(samples) if ranks else samples
 
     greedy = draw_and_score(replace(sampling, num_samples=1, temperature=0.0))
@@ -45,4 +50,7 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
         pass_1, pass_k, _ = pass_rates(draw_and_score(replace(sampling, num_samples=num_samples)), pass_score,
                                        k=num_samples)
         metrics["eval_pass@1"], metrics["eval_pass@k"] = pass_1, pass_k
+    if ranks is not None:
+        (timed_out,) = ranks.sum([timed_out], ranks.accelerator.device)
+    metrics["eval_samples_timed_out"] = int(timed_out)
     return metrics

@@ -57,7 +57,8 @@ from itersft.loop.metrics import round_sample_metrics
 from itersft.loop.run_dir import RunDirectory
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.samples import Sample
-from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
+from itersft.loop.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
+from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,12 @@ class LoopConfig:
         pass_score: a sample is correct when its score is at least this (pass@k, accuracy).
         eval_samples: k for held-out pass@k; 0: greedy accuracy only.
         fail_fast: let a scorer's exception stop the loop instead of marking the sample unscorable.
+        score_timeout: seconds one sample's scoring may take; past it the scoring worker is killed and
+            the sample scores 0.0 (counted as `samples_timed_out`). None only with `score_in_process`.
+        score_workers: scoring worker processes; None: the CPUs available, at most 8.
+        score_in_process: call the scorer on the whole batch in this process (GPU reward models,
+            batching scorers) with NO timeout: a hanging scorer hangs the run, a crashing one ends it.
+            Needs `score_timeout=None` and `score_workers=None`.
         seed: seeds the loop's own choices: the order of each round's training samples, the buffer's
             draws and the labelled mix (see the module docstring for every seed).
     """
@@ -102,6 +109,9 @@ class LoopConfig:
     pass_score: float = 1.0
     eval_samples: int = 0
     fail_fast: bool = False
+    score_timeout: float | None = DEFAULT_TIMEOUT
+    score_workers: int | None = None
+    score_in_process: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -119,7 +129,13 @@ class LoopConfig:
         check_labelled_ratio(self.labelled_ratio, problems)
         if self.replay_samples and self.buffer_capacity == 0:
             problems.add("`replay_samples` > 0 needs a buffer: set `buffer_capacity` (None = unbounded).")
+        check_scoring_options(self.score_timeout, self.score_workers, self.score_in_process, problems, "score_")
         problems.raise_if_any()
+
+    @property
+    def scoring(self) -> ScoringOptions:
+        """How the scorer runs (`score_timeout`, `score_workers`, `score_in_process`)."""
+        return ScoringOptions(self.score_timeout, self.score_workers, self.score_in_process)
 
 
 class ExpertIteration:
@@ -129,7 +145,8 @@ class ExpertIteration:
         trainer: an `IterativeSFTTrainer`; its model is the one sampled from and trained.
         sampling: how completions are drawn (`SamplingConfig`).
         scorer: `(prompts, completions, **meta) -> list[float | None]`, a built-in name
-            (`"exact_match"`, `"numeric_answer"`) or `"module:function"`.
+            (`"exact_match"`, `"numeric"`, `"math"`, `"code"`; see `scorers`) or `"module:function"`.
+            It runs per sample in worker processes under `config.score_timeout` (see `scoring.pool`).
         filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`.
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
@@ -148,6 +165,9 @@ class ExpertIteration:
         self.trainer = trainer
         self.sampling = sampling
         self.scorer = resolve_scorer(scorer)
+        if config.score_in_process:
+            logger.warning("score_in_process: the scorer runs in this process with no timeout; a scorer that hangs "
+                           "hangs the run and one that crashes ends it.")
         self.filter = filter
         self.config = config
         self.labelled = list(labelled or [])
@@ -162,10 +182,11 @@ class ExpertIteration:
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
-        `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`). Rerunning the same
-        call after an interruption resumes after the last complete round. At the end `final/` holds the
-        model and tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which
-        fires `on_train_end` as `Trainer.train` does; trackers flush).
+        `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`); it is checked
+        against the scorer first (`validate_meta`). Rerunning the same call after an interruption
+        resumes after the last complete round. At the end `final/` holds the model and tokenizer, and
+        the trainer's callbacks see the run end (`trainer.finish_run()`, which fires `on_train_end` as
+        `Trainer.train` does; trackers flush).
         """
         if not prompts:
             raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
@@ -173,6 +194,9 @@ class ExpertIteration:
             raise ValueError(f"`meta` has {len(meta)} entries but `prompts` has {len(prompts)}.")
         if eval_prompts is not None and eval_meta is not None and len(eval_meta) != len(eval_prompts):
             raise ValueError(f"`eval_meta` has {len(eval_meta)} entries but `eval_prompts` has {len(eval_prompts)}.")
+        validate_meta(self.scorer, meta, len(prompts), "meta")
+        if eval_prompts:
+            validate_meta(self.scorer, eval_meta, len(eval_prompts), "eval_meta")
         state = self._resume()
         if state is None:
             state = {"round": -1, "history": [], "initial": {}}
@@ -206,14 +230,15 @@ class ExpertIteration:
                                meta=[meta[i] for i in indices] if meta is not None else None,
                                prompt_indices=indices, progress=self._progress("round", round_index))
         sampling_seconds = time.perf_counter() - sampling_started
-        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast)
+        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast, options=self.config.scoring)
         drawn = ranks.gather(local)
-        (scorer_errors,) = ranks.sum([report.errors], trainer.args.device)
+        scorer_errors, timed_out = ranks.sum([report.errors, report.timed_out], trainer.args.device)
         kept = self.filter(drawn)
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
         finished = [s for s in kept if s.finished]
         generated_tokens = sum(len(s.completion_ids) for s in drawn)
         metrics.update(samples_unfinished=len(kept) - len(finished), scorer_errors=int(scorer_errors),
+                       samples_timed_out=int(timed_out),
                        sampling_seconds=sampling_seconds,
                        sampling_tokens_per_second=generated_tokens / max(sampling_seconds, 1e-9))
         self.run_dir.write_accepted(round_index, finished)
@@ -285,7 +310,7 @@ class ExpertIteration:
         return evaluate_prompts(trainer.model, trainer.tokenizer, self.sampling, self.scorer, eval_prompts,
                                 eval_meta, self.config.pass_score, self.config.eval_samples, round_index,
                                 ranks=trainer.ranks, lockstep=trainer.shards_parameters,
-                                progress=self._progress("eval", round_index))
+                                progress=self._progress("eval", round_index), scoring=self.config.scoring)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
