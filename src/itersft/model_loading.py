@@ -1,7 +1,8 @@
 """Resolve what the trainer's constructor was given into a model and a tokenizer.
 
-A model given by name (hub id or local path) is loaded as a causal or a seq2seq LM according to its
-config (TRL 0.23 always loaded a causal LM). A missing tokenizer is loaded from the model's name.
+A model given by name (hub id, local path, `.gguf` file or short name: `itersft.model_sources`) is
+loaded as a causal or a seq2seq LM according to its config (TRL 0.23 always loaded a causal LM). A
+missing tokenizer is loaded from the model's name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from transformers import (
     ProcessorMixin,
 )
 
+from itersft.model_sources import resolve_model_source
+
 
 def is_tokenizer_like(value: Any) -> bool:
     """True for a tokenizer or a processor (the things a trainer accepts as its tokenizer)."""
@@ -24,10 +27,11 @@ def is_tokenizer_like(value: Any) -> bool:
 
 
 def load_model(name: str, init_kwargs: dict[str, Any] | None):
-    """Load a hub id or local path with the Auto class its config calls for."""
-    config = AutoConfig.from_pretrained(name)
+    """Load a model by name (see `itersft.model_sources`) with the Auto class its config calls for."""
+    source = resolve_model_source(name, init_kwargs)
+    config = AutoConfig.from_pretrained(source.name_or_path, **source.file_kwargs)
     auto_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    return auto_class.from_pretrained(name, **(init_kwargs or {}))
+    return auto_class.from_pretrained(source.name_or_path, **source.model_kwargs(init_kwargs))
 
 
 def load_tokenizer(model, model_name: str | None):
@@ -39,7 +43,8 @@ def load_tokenizer(model, model_name: str | None):
             "(or `processing_class=`), e.g. `AutoTokenizer.from_pretrained(...)`."
         )
     try:
-        return AutoTokenizer.from_pretrained(name)
+        source = resolve_model_source(name)
+        return AutoTokenizer.from_pretrained(source.name_or_path, **source.file_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"No tokenizer given, and loading one from {name!r} failed ({error}). Pass `tokenizer=`."

@@ -60,7 +60,8 @@ def main(args) -> int:
 
     trainer = IterativeSFTTrainer(str(base), trainer_config("trainer"), callbacks=[RoundTable(sys.stdout)])
     sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
-                              temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=args.seed)
+                              temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=args.seed,
+                              chat_template=False)  # "a+b=" is raw text: the toy model has never seen a chat turn
     eval_meta = [{"answer": a} for a in task.eval_answers]
 
     def accuracy(model) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 
 from itersft.distributed import Ranks
 from itersft.loop.metrics import pass_at_k
+from itersft.loop.prompts import Prompt
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
 
@@ -14,7 +15,7 @@ from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
 EVAL_ROUND_OFFSET = 1_000_000
 
 
-def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[str],
+def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[Prompt],
                      meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
                      progress: bool = False, ranks: Ranks | None = None, lockstep: bool = False) -> dict[str, Any]:
     """Score the model on held-out prompts.
@@ -22,6 +23,7 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
     `eval_accuracy`: the share of prompts whose greedy completion scores at least `pass_score`
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
+    Prompts are strings or chat messages, rendered as `sampling` says (`itersft.loop.prompts`).
     With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
     `lockstep` says the model's parameters are sharded over them (see `Sampler`).
     """
