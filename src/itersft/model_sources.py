@@ -121,9 +121,12 @@ def _packaged_source(short_name: str, packaged: PackagedModel) -> ModelSource:
 
 
 def _dequantizing_gguf_config():
-    """`GgufConfig(dequantize=True)` where transformers has it (it keeps GGUF blocks otherwise, and from
-    5.x marks even a dequantized GGUF model as quantized, which `Trainer` refuses and `save_pretrained`
-    cannot write); None on versions that always dequantize and have no such class."""
+    """`GgufConfig(dequantize=True)` where transformers has it, else None (older versions always dequantize).
+
+    Without it transformers 5.24 keeps the weights in GGUF blocks when the `kernels` package is there,
+    and when it is not, unpacks them but leaves the model marked GGUF-quantized: `Trainer` then refuses
+    it ("cannot perform fine-tuning on purely quantized models") and `save_pretrained` raises.
+    """
     try:
         from transformers import GgufConfig
     except ImportError:

@@ -162,7 +162,8 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
 
 
 def _run_cli(config: Path, **popen):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(config.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    python_path = os.pathsep.join([str(config.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
     return subprocess.Popen([sys.executable, "-m", "itersft.cli.main", "run", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 

@@ -12,6 +12,7 @@ keys of a turn are passed to the template untouched.
   as raw text, as before chat support), and with the default `"auto"` exactly when the tokenizer has
   a template *and* the model stops at the end of an assistant turn: the template's end-of-turn token
   (`itersft.data.chat`) is the tokenizer's EOS or one of the model's `generation_config` EOS ids.
+  Encoder-decoder models never get the template (`step(messages=)` needs a causal LM).
 
 Why that signal: a template on the tokenizer proves little, since many base checkpoints ship one
 (Qwen2.5, Gemma 2, Llama 3.2, SmolLM2 base). What marks a model tuned to chat is that its turns end on
@@ -73,8 +74,8 @@ def prompt_problems(prompts: Any, argument: str = "prompts") -> list[str]:
             problems.append(f"{where} has no user turn: a chat prompt needs a question, e.g. "
                             "[{'role': 'user', 'content': '...'}].")
         elif roles[-1] != "user":
-            problems.append(f"{where} ends with a {roles[-1]} turn: the last turn must be the user's, the one the "
-                            "model answers.")
+            problems.append(f"{where} ends with a turn of role {roles[-1]!r}: the last turn must be the user's, "
+                            "the one the model answers.")
     return problems
 
 
@@ -149,8 +150,9 @@ class PromptRenderer:
         self.has_template = getattr(tokenizer, "chat_template", None) is not None
         self.end_of_turn_id = end_of_turn_token_id(tokenizer) if self.has_template else None
         model_stops = model_stop_token_ids(model, tokenizer)
+        self.is_encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
         self.strings_as_chat, self.reason = _resolve(chat_template, self.has_template, self.end_of_turn_id,
-                                                     model_stops)
+                                                     model_stops, self.is_encoder_decoder)
         if system_prompt is not None and not self.strings_as_chat:
             raise ValueError(f"`system_prompt` is set but plain string prompts go in as raw text ({self.reason}), so "
                              "it could not be used. Set `chat_template` to true, or drop `system_prompt`.")
@@ -172,6 +174,9 @@ class PromptRenderer:
             turns = [{"role": "user", "content": prompt}]
         else:
             check_format(self.chat_template, None, [prompt], self.tokenizer)
+            if self.is_encoder_decoder:
+                raise ValueError("A prompt is chat messages, but the model is an encoder-decoder: chat templates "
+                                 "render prompts for decoder-only models. Give plain string prompts.")
             turns = [dict(turn) for turn in prompt]
         if self.system_prompt is not None and turns[0]["role"] != "system":
             turns.insert(0, {"role": "system", "content": self.system_prompt})
@@ -187,16 +192,21 @@ class PromptRenderer:
                 for c in conversations]
 
 
-def _resolve(chat_template, has_template: bool, end_of_turn_id: int | None,
-             model_stops: list[int]) -> tuple[bool, str]:
+def _resolve(chat_template, has_template: bool, end_of_turn_id: int | None, model_stops: list[int],
+             is_encoder_decoder: bool) -> tuple[bool, str]:
     """(whether plain strings get the template, why)."""
     if chat_template is True:
-        if not has_template:
-            raise ValueError("`chat_template` is true but the tokenizer has no chat template: use a chat model's "
-                             "tokenizer or set `tokenizer.chat_template`.")
+        problems = ["the tokenizer has no chat template" if not has_template else "",
+                    "the model is an encoder-decoder (chat templates render decoder-only prompts)"
+                    if is_encoder_decoder else ""]
+        if any(problems):
+            raise ValueError(f"`chat_template` is true but {' and '.join(p for p in problems if p)}: use a chat "
+                             "model and its tokenizer, or set `chat_template` false.")
         return True, "`chat_template` is true"
     if chat_template is False:
         return False, "`chat_template` is false"
+    if is_encoder_decoder:
+        return False, "auto: an encoder-decoder model"
     if not has_template:
         return False, "auto: the tokenizer has no chat template"
     if end_of_turn_id is None:
