@@ -15,10 +15,10 @@ Prompts are strings or chat messages; `itersft.loop.prompts` decides which get t
 (`SamplingConfig.chat_template`), renders them with the generation prompt, and adds the template's
 end-of-turn token to the ids that stop generation; the completion is then the assistant turn's content.
 
-Deliberately left out: beam search, prompt truncation, and
-sharing one prefill between the k samples of a prompt (each is its own row, as `num_return_sequences`
-does). Reproducibility is exact as far as the forward pass is batch-invariant: logits that differ in the
-last bits between batch shapes (common in bf16 on GPU) can move a draw across a token boundary.
+Deliberately left out: beam search, prompt truncation, and sharing one prefill between the k samples of
+a prompt (each is its own row, as `num_return_sequences` does). Reproducibility is exact as far as the
+forward pass is batch-invariant: logits that differ in the last bits between batch shapes (common in
+bf16 on GPU) can move a draw across a token boundary.
 """
 
 from __future__ import annotations
@@ -238,9 +238,9 @@ class Sampler:
         prompts keeps the indices, and therefore the samples, it has in the whole list). `meta[i]` is
         shallow-copied into every sample of prompt i; `messages` is the conversation the prompt was
         rendered as (None for raw text). `completion` is the decoded text up to (excluding) EOS, the
-        end-of-turn token or the first stop string; `completion_ids` are the generated ids *without* the EOS and
-        without padding (with a stop string: the longest prefix whose decode is a prefix of
-        `completion`); `finished` says EOS or a stop string was produced.
+        end-of-turn token or the first stop string; `completion_ids` are the generated ids *without*
+        that token and without padding (with a stop string: the longest prefix whose decode is a prefix
+        of `completion`); `finished` says a stop token or a stop string was produced.
         """
         self._check_arguments(prompts, round_index, meta, prompt_offset)
         encoded = self.renderer.encode(list(prompts))
