@@ -13,6 +13,9 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
+SHOWN = 20
+"""Problems listed in one error at most; a data set with thousands of bad rows says how many more."""
+
 
 class Problems:
     """Problems found in the settings of `owner` (e.g. "LoopConfig"), raised together by `raise_if_any`."""
@@ -81,9 +84,12 @@ class Problems:
         return False
 
     def raise_if_any(self) -> None:
-        """Raise one error listing every problem, or return."""
+        """Raise one error listing every problem (the first `SHOWN`, and how many more), or return."""
         if self.messages:
-            raise self.error(f"Invalid {self.owner}:\n- " + "\n- ".join(self.messages))
+            shown = self.messages[:SHOWN]
+            if len(self.messages) > SHOWN:
+                shown.append(f"... and {len(self.messages) - SHOWN} more")
+            raise self.error(f"Invalid {self.owner}:\n- " + "\n- ".join(shown))
 
 
 def is_integer(value: Any) -> bool:

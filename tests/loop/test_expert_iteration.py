@@ -47,7 +47,7 @@ def _loop(base_dir, run_dir, labelled=None, **loop_options):
     trainer = IterativeSFTTrainer(model, config, tokenizer)
     options = dict(output_dir=str(run_dir), rounds=2, prompts_per_round=6, step_size=8, seed=3)
     options.update(loop_options)
-    sampling = SamplingConfig(num_samples=3, max_new_tokens=4, temperature=1.0, seed=3)
+    sampling = SamplingConfig(num_samples=3, max_new_tokens=4, temperature=1.0, seed=3, chat_template=False)
     return ExpertIteration(trainer, sampling, "exact_match", Threshold(1.0), LoopConfig(**options), labelled=labelled)
 
 
@@ -177,7 +177,7 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
         "model": str(base_dir), "output_dir": str(run_dir), "prompts": {"path": str(prompts)},
         "eval_prompts": {"path": str(prompts), "limit": 4}, "scorer": "slow_scorer:exact",
         "filters": [{"threshold": 1.0}, {"dedup": {}}],
-        "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 5},
+        "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 5, "chat_template": False},
         "loop": {"rounds": 4, "prompts_per_round": 6, "step_size": 6, "seed": 5, "buffer_capacity": 50,
                  "replay_samples": 2},
         "training": {"learning_rate": 0.01, "per_device_train_batch_size": 2, "seed": 5},
@@ -188,7 +188,8 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
 
 
 def _run_cli(config: Path, **popen):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(config.parent)}
+    python_path = os.pathsep.join([str(config.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
     return subprocess.Popen([sys.executable, "-m", "itersft.cli.main", "run", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 

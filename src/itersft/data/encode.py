@@ -6,8 +6,11 @@ the caller's tokenizer is never mutated (TRL 0.23 changed its `truncation_side`)
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 
+from itersft.data.chat import end_of_turn_token_id, render_ids
 from itersft.data.example import IGNORE_INDEX, Example
 from itersft.data.validate import InputError
 
@@ -88,8 +91,11 @@ class ExampleEncoder:
         """Render each conversation with the tokenizer's chat template; loss on assistant turns only.
 
         An assistant turn's tokens are found by rendering the conversation up to that turn with the
-        generation prompt and up to the end of the turn: the tokens between the two are the turn. This
-        needs a template whose renderings of prefixes are prefixes of the whole (true of common ones).
+        generation prompt and up to the end of the turn: the tokens between the two are the turn, cut
+        after the template's end-of-turn token (`itersft.data.chat`), so the loss covers the content and
+        that token and not the text a template writes after it (ChatML's newline), which generation
+        never produces. This needs a template whose renderings of prefixes are prefixes of the whole
+        (true of common ones).
         """
         if self.is_encoder_decoder:
             raise InputError("`messages` needs a causal LM with a chat template; for seq2seq pass "
@@ -103,24 +109,31 @@ class ExampleEncoder:
             raise InputError(f"`messages[{index}]` must be a list of {{'role': ..., 'content': ...}} dicts.")
         if not any(turn["role"] == "assistant" for turn in turns):
             raise InputError(f"`messages[{index}]` has no assistant turn: nothing would be learned.")
-        ids = self._render(turns, add_generation_prompt=False)
+        ids = render_ids(self.tokenizer, turns, add_generation_prompt=False)
         labels = [IGNORE_INDEX] * len(ids)
         for position, turn in enumerate(turns):
             if turn["role"] != "assistant":
                 continue
-            start = len(self._render(turns[:position], add_generation_prompt=True)) if position else 0
-            end_ids = self._render(turns[: position + 1], add_generation_prompt=False)
+            prompt_ids = render_ids(self.tokenizer, turns[:position], add_generation_prompt=True) if position else []
+            end_ids = render_ids(self.tokenizer, turns[: position + 1], add_generation_prompt=False)
             if ids[: len(end_ids)] != end_ids:
                 raise InputError(
                     f"`messages[{index}]`: the chat template does not render turn {position} as a prefix of "
                     "the conversation, so assistant tokens cannot be located. Use `prompts`/`completions`."
                 )
-            labels[start : len(end_ids)] = ids[start : len(end_ids)]
+            # Where the generation prompt's last token merges with the content's first, that token is learned.
+            start = _common_prefix_length(prompt_ids, end_ids)
+            end = len(end_ids)
+            turn_end = self._end_of_turn_id
+            if turn_end is not None and turn_end in end_ids[start:end]:
+                end = max(i for i in range(start, end) if end_ids[i] == turn_end) + 1
+            labels[start:end] = ids[start:end]
         return _causal(ids, labels)
 
-    def _render(self, turns: list[dict], add_generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    @cached_property
+    def _end_of_turn_id(self) -> int | None:
+        """Looked up once, on first use: only `messages` need it, and only a tokenizer with a template has one."""
+        return end_of_turn_token_id(self.tokenizer)
 
     def _seq2seq(self, source: str, target: str) -> Example:
         source_ids = torch.tensor(self.encode(source), dtype=torch.long)
@@ -150,6 +163,13 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
 
 def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", torch.long)
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
 
 
 def _causal(ids: list[int], labels: list[int]) -> Example:

@@ -65,7 +65,8 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
 
     trainer = IterativeSFTTrainer(str(base), trainer_config("trainer"))
     sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
-                              temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=seed)
+                              temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=seed,
+                              chat_template=False)  # "a+b=" is raw text: the toy model has never seen a chat turn
     eval_meta = [{"answer": a} for a in task.eval_answers]
 
     def accuracy(model) -> float:

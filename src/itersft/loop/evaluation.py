@@ -8,6 +8,7 @@ from typing import Any
 
 from itersft.distributed import Ranks
 from itersft.loop.metrics import pass_rates
+from itersft.loop.prompts import Prompt
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.scoring.pool import ScoringOptions
 from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples
@@ -16,7 +17,7 @@ from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples
 EVAL_ROUND_OFFSET = 1_000_000
 
 
-def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[str],
+def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer | str, prompts: list[Prompt],
                      meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
                      ranks: Ranks | None = None, lockstep: bool = False,
                      progress: Callable[[int, int], None] | None = None,
@@ -27,6 +28,7 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
     `eval_samples_timed_out`: samples whose scoring ran past the timeout of `scoring` (they score 0.0).
+    Prompts are strings or chat messages, rendered as `sampling` says (`itersft.loop.prompts`).
     With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
     `lockstep` says the model's parameters are sharded over them (see `Sampler`). `progress(done, total)`
     reports this rank's sampling progress.

@@ -5,8 +5,9 @@ One round:
 1. **Generate**: draw k completions for each of this round's prompts with the model being trained.
 2. **Score**: a plain scorer callable gives each sample a float, or None when it cannot score it.
 3. **Filter**: keep what deserves training (a threshold, best-of-k, top-%, dedup, ...).
-4. **Train**: `trainer.step(prompts=..., completions=...)` on the kept samples, optionally with
-   replayed samples from earlier rounds and original labelled data mixed in.
+4. **Train**: `trainer.step(prompts=..., completions=...)` on the kept samples (`step(messages=...)`
+   for prompts that went through the chat template, so only the assistant turn is learned),
+   optionally with replayed samples from earlier rounds and original labelled data mixed in.
 5. **Evaluate and checkpoint**: held-out accuracy, per-round metrics, and an atomic checkpoint of
    everything needed to resume (model, optimizer, scheduler, RNG, buffer, round index).
 
@@ -20,6 +21,9 @@ The methods it covers, by option:
 * RAFT (Dong et al. 2023): `BestOfK(1)` or `TopPercent(p)` on a reward-model scorer.
 * RFT (Yuan et al. 2023): `Threshold(1.0)` then `Dedup()` to keep distinct reasoning paths.
   Left out: pooling samples from several models.
+
+Prompts are strings or chat messages; `SamplingConfig.chat_template` and `system_prompt` say how they
+reach the model (`itersft.loop.prompts`), and every sample is trained in the format it was drawn in.
 
 Completions that hit `max_new_tokens` before EOS are never trained on: they would teach the model to
 stop where it was cut off. They are counted as `samples_unfinished`.
@@ -43,7 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,7 @@ from itersft.loop.buffer import ReplayBuffer, check_labelled_ratio, mix_with_lab
 from itersft.loop.callbacks import LoopCallback
 from itersft.loop.evaluation import evaluate_prompts
 from itersft.loop.metrics import round_sample_metrics
+from itersft.loop.prompts import Prompt, PromptRenderer, check_format, check_prompts
 from itersft.loop.run_dir import RunDirectory
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.samples import Sample
@@ -150,7 +155,8 @@ class ExpertIteration:
         filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`.
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
-            `config.labelled_ratio`.
+            `config.labelled_ratio`. Their prompts go through the chat template as sampled prompts do
+            (a labelled sample with `messages` already set keeps them).
         callbacks: `LoopCallback`s, called on the main process (progress, per-round metrics).
     """
 
@@ -178,15 +184,16 @@ class ExpertIteration:
         self._base_state = ({k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
                             if config.restart_from_base else None)
 
-    def run(self, prompts: list[str], meta: list[dict] | None = None, eval_prompts: list[str] | None = None,
+    def run(self, prompts: list[Prompt], meta: list[dict] | None = None, eval_prompts: list[Prompt] | None = None,
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
-        `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`); it is checked
-        against the scorer first (`validate_meta`). Rerunning the same call after an interruption
-        resumes after the last complete round. At the end `final/` holds the model and tokenizer, and
-        the trainer's callbacks see the run end (`trainer.finish_run()`, which fires `on_train_end` as
-        `Trainer.train` does; trackers flush).
+        A prompt is a string or chat messages (see `itersft.loop.prompts`). `meta[i]` is passed to the
+        scorer with prompt i (e.g. `{"answer": "42"}`). Every prompt, and the metadata the scorer needs
+        (`validate_meta`), is checked before anything is sampled. Rerunning the same call after an
+        interruption resumes after the last complete round. At the end `final/` holds the model and
+        tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which fires
+        `on_train_end` as `Trainer.train` does; trackers flush).
         """
         if not prompts:
             raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
@@ -197,6 +204,7 @@ class ExpertIteration:
         validate_meta(self.scorer, meta, len(prompts), "meta")
         if eval_prompts:
             validate_meta(self.scorer, eval_meta, len(eval_prompts), "eval_meta")
+        self._prepare_prompts(prompts, eval_prompts)
         state = self._resume()
         if state is None:
             state = {"round": -1, "history": [], "initial": {}}
@@ -214,6 +222,20 @@ class ExpertIteration:
         for callback in self.callbacks:
             callback.on_run_end(state["history"])
         return state["history"]
+
+    def _prepare_prompts(self, prompts: list[Prompt], eval_prompts: list[Prompt] | None) -> None:
+        """Check every prompt and the prompt format now, and put labelled prompts in the sampled format."""
+        check_prompts(prompts, "prompts")
+        if eval_prompts is not None:
+            check_prompts(eval_prompts, "eval_prompts")
+        check_prompts([s.prompt for s in self.labelled], "labelled prompts")
+        every_prompt = [*prompts, *(eval_prompts or []), *(s.prompt for s in self.labelled)]
+        check_format(self.sampling.chat_template, self.sampling.system_prompt, every_prompt, self.trainer.tokenizer)
+        renderer = PromptRenderer(self.trainer.tokenizer, self.trainer.model, self.sampling.chat_template,
+                                  self.sampling.system_prompt)
+        logger.info("%s", renderer.describe())  # the CLI sets other ranks' level to WARNING
+        self.labelled = [s if s.messages is not None else replace(s, messages=renderer.conversation(s.prompt))
+                         for s in self.labelled]
 
     # ---- one round ----------------------------------------------------------------------------
 
@@ -283,6 +305,8 @@ class ExpertIteration:
         With several processes every rank holds the same training set and passes its share of each
         chunk to `step()`, which weighs every token of every rank alike. The order of each epoch is drawn
         from `LoopConfig.seed` (see the module docstring); `step()` orders each chunk by its own rule.
+        A chunk holding both chat and raw-text samples (prompts of both kinds) takes one `step()` per
+        kind, chat first, on every rank.
         """
         if self.config.restart_from_base:
             self.trainer.model.load_state_dict(self._base_state)
@@ -293,13 +317,14 @@ class ExpertIteration:
         for epoch in range(self.config.train_epochs if training_set else 0):
             order = shuffled(training_set, self.config.seed, round_index * 1_000 + epoch)
             for start in range(0, len(order), self.config.step_size):
-                _, chunk = self.trainer.ranks.block(order[start : start + self.config.step_size])
-                stats = self.trainer.step(prompts=[s.prompt for s in chunk], completions=[s.completion for s in chunk])
-                if stats["trained_tokens"]:
-                    loss_sum += stats["loss"] * stats["trained_tokens"]
-                tokens += stats["trained_tokens"]
-                updates += stats["updates"]
-                real_tokens += stats["real_tokens"]
+                for kind in _by_format(order[start : start + self.config.step_size]):
+                    _, chunk = self.trainer.ranks.block(kind)
+                    stats = self.trainer.step(**_step_inputs(chunk))
+                    if stats["trained_tokens"]:
+                        loss_sum += stats["loss"] * stats["trained_tokens"]
+                    tokens += stats["trained_tokens"]
+                    updates += stats["updates"]
+                    real_tokens += stats["real_tokens"]
         seconds = time.perf_counter() - started
         return {"train_samples": len(training_set), "train_loss": loss_sum / tokens if tokens else None,
                 "train_updates": updates, "global_step": self.trainer.state.global_step,
@@ -345,6 +370,21 @@ class ExpertIteration:
         logger.info("Resuming after round %d from %s", state["round"], latest)
         self.run_dir.write_metrics(state["history"])
         return state
+
+
+def _by_format(samples: list[Sample]) -> list[list[Sample]]:
+    """The chat samples, then the raw-text ones (each list in order), leaving out an empty kind."""
+    chat = [s for s in samples if s.messages is not None]
+    raw = [s for s in samples if s.messages is None]
+    return [kind for kind in (chat, raw) if kind]
+
+
+def _step_inputs(samples: list[Sample]) -> dict[str, list]:
+    """`step()` arguments for samples of one kind: the conversation with the completion as the assistant
+    turn, or the raw prompt and completion texts."""
+    if samples and samples[0].messages is not None:
+        return {"messages": [s.training_conversation() for s in samples]}
+    return {"prompts": [s.prompt for s in samples], "completions": [s.completion for s in samples]}
 
 
 def _read_json(path: Path):

@@ -11,10 +11,14 @@ uniform out of that row's generator, and returns scores that are `-inf` except a
 greedy's argmax takes exactly that token. Everything else (left-padded batching, KV cache, EOS handling,
 padding of finished rows, stop strings) stays with `generate`.
 
-Deliberately left out: beam search, chat templating (prompts arrive formatted), prompt truncation, and
-sharing one prefill between the k samples of a prompt (each is its own row, as `num_return_sequences`
-does). Reproducibility is exact as far as the forward pass is batch-invariant: logits that differ in the
-last bits between batch shapes (common in bf16 on GPU) can move a draw across a token boundary.
+Prompts are strings or chat messages; `itersft.loop.prompts` decides which get the chat template
+(`SamplingConfig.chat_template`), renders them with the generation prompt, and adds the template's
+end-of-turn token to the ids that stop generation; the completion is then the assistant turn's content.
+
+Deliberately left out: beam search, prompt truncation, and sharing one prefill between the k samples of
+a prompt (each is its own row, as `num_return_sequences` does). Reproducibility is exact as far as the
+forward pass is batch-invariant: logits that differ in the last bits between batch shapes (common in
+bf16 on GPU) can move a draw across a token boundary.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from itersft.checks import Problems, is_integer
 from itersft.distributed import Ranks
+from itersft.loop.prompts import Prompt, PromptRenderer, add_prompt_problems, is_chat_template_choice
 from itersft.loop.samples import Sample
 
 logger = logging.getLogger(__name__)
@@ -74,6 +79,11 @@ class SamplingConfig:
         batch_size: prompts per `generate` call (each contributes `num_samples` rows).
         seed: base seed; with the round, prompt index and sample index it fixes every draw.
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
+        chat_template: whether plain string prompts go through the tokenizer's chat template as the user
+            turn: True, False, or "auto" (the default: when the tokenizer has a template whose end-of-turn
+            token the model stops at; see `itersft.loop.prompts`). Chat-message prompts always do. The
+            loop trains in the format it sampled in.
+        system_prompt: a system turn put first in every chat prompt that has none; needs the template.
     """
 
     num_samples: int = 4
@@ -84,6 +94,8 @@ class SamplingConfig:
     batch_size: int = 16
     seed: int = 0
     stop_strings: list[str] | None = None
+    chat_template: bool | str = "auto"
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         problems = Problems("SamplingConfig")
@@ -99,6 +111,10 @@ class SamplingConfig:
         ):
             problems.add(f"`stop_strings` must be None or a list of non-empty strings, got {self.stop_strings!r}; "
                          "e.g. ['\\n\\nQuestion:'].")
+        if not is_chat_template_choice(self.chat_template):
+            problems.add(f"`chat_template` must be true, false or 'auto', got {self.chat_template!r}.")
+        if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or not self.system_prompt):
+            problems.add(f"`system_prompt` must be None or a non-empty string, got {self.system_prompt!r}.")
         problems.raise_if_any()
         if self.stop_strings is not None:
             self.stop_strings = list(self.stop_strings)
@@ -164,8 +180,10 @@ class Sampler:
     """Draws `config.num_samples` completions per prompt from `model` (causal or seq2seq, PEFT or not).
 
     The caller's tokenizer is only read (padding is done here, on the left); a tokenizer without a pad
-    token pads with EOS. The model is put in eval mode for sampling and every module's previous mode
-    is restored afterwards, also when generation raises.
+    token pads with EOS. How prompts are rendered, and which ids end a completion, is `self.renderer`'s
+    (`itersft.loop.prompts.PromptRenderer`, built from the config's `chat_template` and `system_prompt`).
+    The model is put in eval mode for sampling and every module's previous mode is restored afterwards,
+    also when generation raises.
 
     `lockstep` is for a model whose parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3),
     where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Each
@@ -182,7 +200,8 @@ class Sampler:
         self.config = config if config is not None else SamplingConfig()
         if not isinstance(self.config, SamplingConfig):
             raise TypeError(f"`config` must be a SamplingConfig, got {type(self.config).__name__}.")
-        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.renderer = PromptRenderer(tokenizer, model, self.config.chat_template, self.config.system_prompt)
+        self.eos_token_ids = self.renderer.stop_token_ids
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError(
@@ -191,7 +210,7 @@ class Sampler:
         self.pad_token_id = pad
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
 
-    def sample(self, prompts: list[str], round_index: int, meta: list[dict] | None = None,
+    def sample(self, prompts: list[Prompt], round_index: int, meta: list[dict] | None = None,
                prompt_indices: list[int] | None = None,
                progress: Callable[[int, int], None] | None = None) -> list[Sample]:
         """Draw `num_samples` completions per prompt, returned in the prompts' order, then by sample_index.
@@ -199,16 +218,17 @@ class Sampler:
         `prompt_indices[i]` is prompt i's index in the caller's whole prompt list (default: its position
         in `prompts`); it is the sample's `prompt_index` and, with the round and the sample index, fixes
         the draw, so a shard of the prompts gets the samples it would get in the whole list. `meta[i]` is
-        shallow-copied into every sample of prompt i. `completion` is the decoded text up to (excluding)
-        EOS or the first stop string; `completion_ids` are the generated ids *without* the EOS and
-        without padding (with a stop string: the longest prefix whose decode is a prefix of
-        `completion`); `finished` says EOS or a stop string was produced. `progress(done, total)` is
-        called after each batch of prompts with the prompts sampled so far.
+        shallow-copied into every sample of prompt i; `messages` is the conversation the prompt was
+        rendered as (None for raw text). `completion` is the decoded text up to (excluding) EOS, the
+        end-of-turn token or the first stop string; `completion_ids` are the generated ids *without*
+        that token and without padding (with a stop string: the longest prefix whose decode is a prefix
+        of `completion`); `finished` says a stop token or a stop string was produced. `progress(done,
+        total)` is called after each batch of prompts with the prompts sampled so far.
         """
         self._check_arguments(prompts, round_index, meta, prompt_indices)
         if prompt_indices is None:
             prompt_indices = list(range(len(prompts)))
-        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"] if prompts else []
+        encoded = self.renderer.encode(list(prompts))
         empty = [i for i, ids in enumerate(encoded) if len(ids) == 0]
         if empty:
             raise ValueError(f"Prompts at positions {empty[:10]} tokenize to no tokens; remove or fill them.")
@@ -229,6 +249,7 @@ class Sampler:
                     prompt_meta = meta[position] if meta is not None else {}
                     for s in samples:
                         s.prompt = prompts[position]
+                        s.messages = self.renderer.conversation(prompts[position])
                         s.meta = dict(prompt_meta)
                     results[position] = samples
                 if progress is not None:
@@ -320,8 +341,7 @@ class Sampler:
 
     def _check_arguments(self, prompts, round_index, meta, prompt_indices) -> None:
         problems = Problems("Sampler.sample arguments")
-        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-            problems.add("`prompts` must be a list of strings.")
+        add_prompt_problems(prompts, problems)
         problems.integer("round_index", round_index, minimum=0)
         for name, values in (("meta", meta), ("prompt_indices", prompt_indices)):
             if values is None:
@@ -336,18 +356,6 @@ class Sampler:
             elif name == "prompt_indices" and not all(is_integer(i) and i >= 0 for i in values):
                 problems.add("`prompt_indices` must hold ints >= 0 (each prompt's index in your prompt list).")
         problems.raise_if_any()
-
-
-def _eos_token_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS plus any the model's generation config names (chat models add end-of-turn)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(model_eos, int):
-        model_eos = [model_eos]
-    for token in model_eos or []:
-        if token not in ids:
-            ids.append(int(token))
-    return ids
 
 
 def _model_device(model) -> torch.device:

@@ -3,9 +3,9 @@
 Plain functions on the constructor's arguments, kept apart from the trainer so that each reads alone:
 
 * `resolve_settings`: the iterative-SFT settings, from `args` and the constructor's own arguments;
-* `load_model` / `load_tokenizer`: a model given by name is loaded as a causal or a seq2seq LM
-  according to its config (TRL 0.23 always loaded a causal LM); a missing tokenizer is loaded from the
-  model's name;
+* `load_model` / `load_tokenizer`: a model given by name (hub id, local path, `.gguf` file or short
+  name: `itersft.model_sources`) is loaded as a causal or a seq2seq LM according to its config (TRL
+  0.23 always loaded a causal LM); a missing tokenizer is loaded from the model's name;
 * `wrap_with_peft`, `enable_activation_checkpointing`: applied before the engine wraps the model.
 """
 
@@ -33,6 +33,7 @@ from itersft.config import (
     check_truncation_mode,
     setting,
 )
+from itersft.model_sources import resolve_model_source
 
 
 class Default:
@@ -97,10 +98,11 @@ def is_tokenizer_like(value: Any) -> bool:
 
 
 def load_model(name: str, init_kwargs: dict[str, Any] | None):
-    """Load a hub id or local path with the Auto class its config calls for."""
-    config = AutoConfig.from_pretrained(name)
+    """Load a model by name (see `itersft.model_sources`) with the Auto class its config calls for."""
+    source = resolve_model_source(name, init_kwargs)
+    config = AutoConfig.from_pretrained(source.name_or_path, **source.file_kwargs)
     auto_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    return auto_class.from_pretrained(name, **(init_kwargs or {}))
+    return auto_class.from_pretrained(source.name_or_path, **source.model_kwargs(init_kwargs))
 
 
 def load_tokenizer(model, model_name: str | None):
@@ -112,7 +114,8 @@ def load_tokenizer(model, model_name: str | None):
             "(or `processing_class=`), e.g. `AutoTokenizer.from_pretrained(...)`."
         )
     try:
-        return AutoTokenizer.from_pretrained(name)
+        source = resolve_model_source(name)
+        return AutoTokenizer.from_pretrained(source.name_or_path, **source.file_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"No tokenizer given, and loading one from {name!r} failed ({error}). Pass `tokenizer=`."

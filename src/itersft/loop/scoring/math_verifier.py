@@ -44,11 +44,9 @@ _warmed_up = False
 def _load() -> Any:
     """The math_verify module, imported once."""
     global _math_verify
-    if _math_verify is None:
-        try:
-            import math_verify
-        except ImportError as exc:
-            raise ImportError("The `math` scorer needs the math-verify package: pip install math-verify") from exc
+    if _math_verify is None:  # imported on first use: it pulls in sympy and an ANTLR parser
+        import math_verify
+
         _math_verify = math_verify
     return _math_verify
 
