@@ -14,6 +14,10 @@ Two things, shared so that sampling and training read a conversation the same wa
 
 from __future__ import annotations
 
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+
 # Content no real conversation contains: the template text after it is the turn's closing text.
 _SENTINEL = "\u2063itersft-end-of-turn-probe\u2063"
 
@@ -43,3 +47,24 @@ def end_of_turn_token_id(tokenizer) -> int | None:
         token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special
     }
     return next((token_id for token_id in after if token_id in special), None)
+
+
+def turn_problems(conversation: Any) -> list[str]:
+    """What is wrong with the turns of one conversation: each must be a dict with a `role` among `ROLES`
+    and string `content` (other keys pass to the template untouched). Empty when all are fine."""
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        return [f"must be a non-empty list of {{'role', 'content'}} dicts, got {_short(conversation)}"]
+    problems = []
+    for position, turn in enumerate(conversation):
+        if not isinstance(turn, dict) or not {"role", "content"} <= set(turn):
+            problems.append(f"turn {position} must be a dict with `role` and `content`, got {_short(turn)}")
+        elif turn["role"] not in ROLES:
+            problems.append(f"turn {position} has unknown role {_short(turn['role'])} (use one of {list(ROLES)})")
+        elif not isinstance(turn["content"], str):
+            problems.append(f"turn {position} has non-string content {_short(turn['content'])}")
+    return problems
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

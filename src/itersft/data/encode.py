@@ -59,7 +59,8 @@ class ExampleEncoder:
             if texts_labels is None:
                 raise InputError("A seq2seq model needs targets: pass `texts_labels` with `texts` "
                                  "(or `prompts`/`completions`).")
-            return [self._seq2seq(source, target) for source, target in zip(texts, texts_labels)]
+            return [self._seq2seq(f"texts[{i}]", source, target) for i, (source, target)
+                    in enumerate(zip(texts, texts_labels))]
         examples = []
         for index, text in enumerate(texts):
             ids = self.encode(text, append_eos=True)
@@ -79,7 +80,8 @@ class ExampleEncoder:
         """Loss on completions only. Causal: prompt then completion in one sequence, prompt masked.
         Seq2seq: the prompt is the encoder source, the completion the target."""
         if self.is_encoder_decoder:
-            return [self._seq2seq(prompt, completion) for prompt, completion in zip(prompts, completions)]
+            return [self._seq2seq(f"prompts[{i}]", prompt, completion) for i, (prompt, completion)
+                    in enumerate(zip(prompts, completions))]
         examples = []
         for prompt, completion in zip(prompts, completions):
             prompt_ids = self.encode(prompt)
@@ -105,10 +107,7 @@ class ExampleEncoder:
         return [self._conversation(index, turns) for index, turns in enumerate(conversations)]
 
     def _conversation(self, index: int, turns: list[dict]) -> Example:
-        if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t for t in turns):
-            raise InputError(f"`messages[{index}]` must be a list of {{'role': ..., 'content': ...}} dicts.")
-        if not any(turn["role"] == "assistant" for turn in turns):
-            raise InputError(f"`messages[{index}]` has no assistant turn: nothing would be learned.")
+        """One conversation checked by `validate.check_conversations`."""
         ids = render_ids(self.tokenizer, turns, add_generation_prompt=False)
         labels = [IGNORE_INDEX] * len(ids)
         for position, turn in enumerate(turns):
@@ -135,8 +134,11 @@ class ExampleEncoder:
         """Looked up once, on first use: only `messages` need it, and only a tokenizer with a template has one."""
         return end_of_turn_token_id(self.tokenizer)
 
-    def _seq2seq(self, source: str, target: str) -> Example:
+    def _seq2seq(self, where: str, source: str, target: str) -> Example:
         source_ids = torch.tensor(self.encode(source), dtype=torch.long)
+        if not len(source_ids):
+            raise InputError(f"`{where}` (the encoder's source) tokenizes to no tokens: the encoder needs at "
+                             "least one. Give it text.")
         target_ids = self._with_eos(list(self.tokenizer(text_target=target)["input_ids"]))
         return Example(source_ids, torch.ones_like(source_ids), torch.tensor(target_ids, dtype=torch.long))
 
@@ -145,9 +147,9 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
                    labels: list[torch.Tensor] | None, is_encoder_decoder: bool) -> list[Example]:
     """Build examples from validated tensors.
 
-    Causal: labels default to the input ids with positions whose attention mask is 0 excluded (the
-    mask, not the pad id, decides, so a real EOS equal to the pad token is learned); user labels are
-    used exactly as given. Seq2seq: `labels` are the targets and are required.
+    Causal: labels default to the input ids; a position whose attention mask is 0 is never a label token,
+    given labels or not (`Example.causal`: the mask, not the pad id, decides, so a real EOS equal to the
+    pad token is learned). Seq2seq: `labels` are the targets and are required.
     """
     if is_encoder_decoder and labels is None:
         raise InputError("A seq2seq model needs targets: pass `labels` (or `texts_labels`, or "
@@ -156,8 +158,8 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
     for index, ids in enumerate(input_ids):
         ids = _on_cpu(ids)
         mask = torch.ones_like(ids) if attention_mask is None else _on_cpu(attention_mask[index])
-        target = ids.masked_fill(mask == 0, IGNORE_INDEX) if labels is None else _on_cpu(labels[index])
-        examples.append(Example(ids, mask, target))
+        target = None if labels is None else _on_cpu(labels[index])
+        examples.append(Example(ids, mask, target) if is_encoder_decoder else Example.causal(ids, mask, target))
     return examples
 
 
@@ -174,4 +176,4 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
 
 def _causal(ids: list[int], labels: list[int]) -> Example:
     input_ids = torch.tensor(ids, dtype=torch.long)
-    return Example(input_ids, torch.ones_like(input_ids), torch.tensor(labels, dtype=torch.long))
+    return Example.causal(input_ids, torch.ones_like(input_ids), torch.tensor(labels, dtype=torch.long))

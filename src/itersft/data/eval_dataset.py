@@ -8,13 +8,21 @@ from datasets import Dataset
 
 from itersft.data.encode import ExampleEncoder
 from itersft.data.example import Example
+from itersft.data.validate import InputError, validate_step_input
+
+# The columns of each text form, in order of precedence, a column it may add, and step()'s names for them.
+_FORMS = (("prompt", "completion"), ("messages",), ("text",))
+_OPTIONAL = {"text": ("text_label",)}
+_STEP_NAMES = {"prompt": "prompts", "completion": "completions", "messages": "messages", "text": "texts",
+               "text_label": "texts_labels"}
 
 
 def tokenize_eval_dataset(dataset, encoder: ExampleEncoder, truncate: Callable[[list[Example]], list[Example]]):
     """Return `dataset` with `input_ids`/`attention_mask`/`labels` columns.
 
-    Already-tokenised datasets (an `input_ids` column) pass through. Text columns are recognised as in
-    `step()`: `prompt` + `completion`, `messages`, or `text` (+ `text_label` as seq2seq targets).
+    Already-tokenised datasets (an `input_ids` column) pass through. Text columns are checked and
+    tokenised exactly as `step()`'s arguments of the same meaning: `prompt` + `completion`, `messages`,
+    or `text` (+ `text_label` as seq2seq targets).
     `truncate` applies the trainer's truncation. A dict of datasets is handled entry by entry.
     """
     if isinstance(dataset, dict):
@@ -22,18 +30,18 @@ def tokenize_eval_dataset(dataset, encoder: ExampleEncoder, truncate: Callable[[
     columns = set(getattr(dataset, "column_names", None) or [])
     if not columns or "input_ids" in columns:
         return dataset
-    if {"prompt", "completion"} <= columns:
-        examples = encoder.from_prompts(list(dataset["prompt"]), list(dataset["completion"]))
-    elif "messages" in columns:
-        examples = encoder.from_messages(list(dataset["messages"]))
-    elif "text" in columns:
-        labels = list(dataset["text_label"]) if "text_label" in columns else None
-        examples = encoder.from_texts(list(dataset["text"]), labels)
-    else:
+    form = next((names for names in _FORMS if set(names) <= columns), None)
+    if form is None:
         raise ValueError(
             f"`eval_dataset` has columns {sorted(columns)}; expected `input_ids`, `text`, "
             "`prompt` + `completion`, or `messages`."
         )
+    given = {_STEP_NAMES[column]: list(dataset[column]) for column in form + _OPTIONAL.get(form[0], ())
+             if column in columns}
+    try:
+        examples = encoder.encode_input(*validate_step_input(given, encoder.is_encoder_decoder, vocab_size=0))
+    except InputError as error:
+        raise InputError(f"`eval_dataset` (columns map to step()'s arguments: {_STEP_NAMES}): {error}") from None
     examples = truncate(examples)
     return Dataset.from_dict({
         "input_ids": [e.input_ids.tolist() for e in examples],

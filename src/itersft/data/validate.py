@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from itersft.checks import Problems
+from itersft.data.chat import turn_problems
 from itersft.data.example import IGNORE_INDEX
 
 FORMS = {
@@ -33,29 +34,38 @@ class InputError(ValueError, TypeError):
 
 def validate_step_input(given: dict[str, Any], is_encoder_decoder: bool, vocab_size: int,
                         allow_empty: bool = False) -> tuple[str, dict[str, list | None]]:
-    """Check `given` (step()'s keyword arguments, None where not passed): `(form, per-sample lists)`.
+    """Check `given` (step()'s keyword arguments; missing or None where not passed): `(form, per-sample lists)`.
 
     `vocab_size` bounds token ids; `allow_empty` accepts an empty list (a rank with nothing to train
     on this call still takes part in the others' updates).
     """
     form = detect_form(given)
     problems = Problems("step() input", error=InputError)
-    lists = {name: as_list(name, given[name], problems, allow_empty=allow_empty) for name in FORMS[form]}
+    main = FORMS[form][0]
+    if given.get(main) is None:
+        others = ", ".join(f"`{name}`" for name in FORMS[form][1:] if given.get(name) is not None)
+        needs = "`prompts` and `completions` go together: give both, one completion per prompt" if form == "prompts" \
+            else f"{others} describe `{main}`, which was not given: pass `{main}` too"
+        raise InputError(f"Invalid step() input:\n- {needs}.")
+    lists = {name: as_list(name, given.get(name), problems, allow_empty=allow_empty) for name in FORMS[form]}
     check_lengths(lists, problems)
     if form == "tokens" and lists["input_ids"] is not None:
         check_token_tensors("input_ids", lists["input_ids"], vocab_size, problems)
-        for name, allow in (("attention_mask", False), ("labels", True)):
-            if lists[name] is not None:
-                check_token_tensors(name, lists[name], None if name == "attention_mask" else vocab_size,
-                                    problems, allow_ignore_index=allow)
-                if not is_encoder_decoder or name == "attention_mask":
-                    check_same_shapes(name, lists[name], "input_ids", lists["input_ids"], problems)
+        if lists["attention_mask"] is not None:
+            check_token_tensors("attention_mask", lists["attention_mask"], 2, problems)  # 0 or 1 only
+            check_same_shapes("attention_mask", lists["attention_mask"], "input_ids", lists["input_ids"], problems)
+        if lists["labels"] is not None:
+            check_token_tensors("labels", lists["labels"], vocab_size, problems, allow_ignore_index=True)
+            if not is_encoder_decoder:
+                check_same_shapes("labels", lists["labels"], "input_ids", lists["input_ids"], problems)
     elif form in ("texts", "prompts"):
         for name, values in lists.items():
             if values is not None:
                 check_strings(name, values, problems)
-        if form == "prompts" and (lists["prompts"] is None) != (lists["completions"] is None):
+        if form == "prompts" and lists["completions"] is None:
             problems.add("`prompts` and `completions` go together: give both, one completion per prompt.")
+    elif form == "messages" and lists["messages"] is not None:
+        check_conversations(lists["messages"], problems)
     problems.raise_if_any()
     return form, lists
 
@@ -122,20 +132,44 @@ def check_token_tensors(name: str, values: list, vocab_size: int | None, problem
         elif value.numel() == 0:
             problems.add(f"{where} is empty: every sample needs at least one token.")
         elif vocab_size is not None:
+            value = value.long()  # a narrow dtype (uint8, int8) would overflow the comparisons below
             allowed = (value >= 0) & (value < vocab_size)
             if allow_ignore_index:
                 allowed |= value == IGNORE_INDEX
             if not bool(allowed.all()):
                 bad = value[~allowed][0].item()
-                extra = " or -100" if allow_ignore_index else ""
-                problems.add(f"{where} holds id {bad}, outside the model's vocabulary [0, {vocab_size}){extra}.")
+                if name == "attention_mask":
+                    problems.add(f"{where} holds {bad}: an attention mask is 1 (attend) or 0 (padding).")
+                else:
+                    extra = " or -100" if allow_ignore_index else ""
+                    problems.add(f"{where} holds id {bad}, outside the model's vocabulary [0, {vocab_size}){extra}.")
 
 
 def check_strings(name: str, values: list, problems: Problems) -> None:
-    """Each entry must be a str."""
+    """Each entry must be a str of valid Unicode (a lone surrogate, e.g. from bytes decoded with
+    `errors="surrogateescape"`, cannot be tokenised)."""
     for index, value in enumerate(values):
         if not isinstance(value, str):
             problems.add(f"`{name}[{index}]` must be a str, got {type(value).__name__}.")
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            problems.add(f"`{name}[{index}]` is not valid Unicode: {error.reason} at character {error.start} "
+                         f"({value[error.start]!r}). Decode the source bytes with errors='replace' or remove it.")
+
+
+def check_conversations(values: list, problems: Problems) -> None:
+    """Each entry must be a chat conversation (`data.chat.turn_problems`) with an assistant turn to learn."""
+    for index, conversation in enumerate(values):
+        turns = turn_problems(conversation)
+        if turns:
+            problems.add(f"`messages[{index}]` must be a list of {{'role', 'content'}} dicts: "
+                         + "; ".join(turns) + ".")
+        elif not any(turn["role"] == "assistant" for turn in conversation):
+            problems.add(f"`messages[{index}]` has no assistant turn: nothing would be learned.")
+        else:
+            check_strings(f"messages[{index}] content", [turn["content"] for turn in conversation], problems)
 
 
 def check_same_shapes(name: str, values: list, reference_name: str, reference: list, problems: Problems) -> None:

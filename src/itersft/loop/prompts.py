@@ -38,12 +38,11 @@ import logging
 from typing import Any
 
 from itersft.checks import Problems
-from itersft.data.chat import end_of_turn_token_id, render_ids
+from itersft.data.chat import end_of_turn_token_id, render_ids, turn_problems
 
 logger = logging.getLogger(__name__)
 
 Prompt = str | list[dict[str, str]]
-ROLES = ("system", "user", "assistant")
 
 
 def add_prompt_problems(prompts: Any, problems: Problems, argument: str = "prompts") -> None:
@@ -56,20 +55,9 @@ def add_prompt_problems(prompts: Any, problems: Problems, argument: str = "promp
         if isinstance(prompt, str):
             continue
         where = f"`{argument}[{index}]`"
-        if not isinstance(prompt, (list, tuple)) or not prompt:
-            problems.add(f"{where} must be a string or a non-empty list of {{'role', 'content'}} dicts, "
-                         f"got {_short(prompt)}.")
-            continue
-        turn_problems = []
-        for position, turn in enumerate(prompt):
-            if not isinstance(turn, dict) or not {"role", "content"} <= set(turn):
-                turn_problems.append(f"turn {position} must be a dict with `role` and `content`, got {_short(turn)}")
-            elif turn["role"] not in ROLES:
-                turn_problems.append(f"turn {position} has unknown role {turn['role']!r} (use one of {list(ROLES)})")
-            elif not isinstance(turn["content"], str):
-                turn_problems.append(f"turn {position} has non-string content {_short(turn['content'])}")
-        if turn_problems:
-            problems.add(f"{where}: " + "; ".join(turn_problems) + ".")
+        turns = turn_problems(prompt)
+        if turns:
+            problems.add(f"{where}: " + "; ".join(turns) + ".")
             continue
         roles = [turn["role"] for turn in prompt]
         if "user" not in roles:
@@ -215,7 +203,3 @@ def _resolve(chat_template, has_template: bool, end_of_turn_id: int | None, mode
     return False, (f"auto: the template's end-of-turn token {end_of_turn_id} is not among the model's EOS ids "
                    f"{model_stops}, as in a base model; set `chat_template` true to apply it anyway")
 
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -78,11 +78,10 @@ class Engine:
         norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
         return norm.full_tensor() if isinstance(norm, DTensor) else torch.as_tensor(norm)
 
-    def apply_update(self, optimizer) -> None:
-        """Step the optimizer and clear the gradients (DeepSpeed did both in the window's last backward)."""
+    def step_optimizer(self, optimizer) -> None:
+        """Step the optimizer (DeepSpeed did in the window's last backward)."""
         if not self.deepspeed:
             optimizer.step()
-            self.clear_gradients(optimizer)
 
     def clear_gradients(self, optimizer) -> None:
         """Drop every pending gradient: through the optimizer, then those of trainable parameters it does not

@@ -44,6 +44,9 @@ class ModelFacts:
         checked_head: the architecture's forward is `lm_head(decoder(...))` and nothing else; whether the
             head is a plain `nn.Linear` is checked by `loss.separable_head` after the engine wraps it.
         takes_logits_to_keep: the forward can return logits at chosen positions only.
+        max_positions: the longest sequence the model can read, where it learned one embedding per
+            position (GPT-2, OPT, BART): a longer one would index past the table. None where positions
+            are relative or rotary (Llama, Qwen, T5), which have no hard limit.
     """
 
     is_encoder_decoder: bool
@@ -55,6 +58,7 @@ class ModelFacts:
     flash_attention: bool
     checked_head: bool
     takes_logits_to_keep: bool
+    max_positions: int | None
 
 
 def inspect_model(model: nn.Module) -> ModelFacts:
@@ -79,7 +83,22 @@ def inspect_model(model: nn.Module) -> ModelFacts:
         checked_head=(not prompt_learning and model_type in CHECKED_DECODER_TYPES
                       and cls.__module__.startswith("transformers.models.") and cls.__name__.endswith("ForCausalLM")),
         takes_logits_to_keep=not prompt_learning and _forward_takes(cls, "logits_to_keep"),
+        max_positions=_learned_positions(base),
     )
+
+
+# Module names transformers gives learned absolute position embeddings (GPT-2 and GPT-Neo `wpe`, OPT and
+# BART `embed_positions`, BERT-style `position_embeddings`).
+_POSITION_EMBEDDINGS = ("wpe", "embed_positions", "position_embeddings")
+
+
+def _learned_positions(model: nn.Module) -> int | None:
+    """The configured position limit when the model holds a learned position table, else None."""
+    learned = any(isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in _POSITION_EMBEDDINGS
+                  for name, module in model.named_modules())
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if learned and limit else None
 
 
 def _forward_takes(cls: type, name: str) -> bool:

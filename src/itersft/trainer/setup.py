@@ -11,7 +11,7 @@ Plain functions on the constructor's arguments, kept apart from the trainer so t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from transformers import (
@@ -61,6 +61,7 @@ class Settings:
     shuffle_samples: bool
     add_eos_token: bool
     batching: str
+    guard_updates: bool
 
 
 def resolve_settings(args: TrainingArguments | None, **given: Any) -> tuple[TrainingArguments, Settings]:
@@ -77,7 +78,7 @@ def resolve_settings(args: TrainingArguments | None, **given: Any) -> tuple[Trai
         raise TypeError(f"`args` must be an IterativeSFTConfig or TrainingArguments, got {type(args).__name__}.")
     check_training_arguments(args)
     problems = Problems("IterativeSFTTrainer arguments")
-    values = {name: setting(args, name) for name in ITERATIVE_DEFAULTS if name in Settings.__dataclass_fields__}
+    values = {f.name: setting(args, f.name) for f in fields(Settings)}
     for name, value in given.items():
         if isinstance(value, Default) or (name == "max_length" and value is None):
             continue

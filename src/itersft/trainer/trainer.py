@@ -46,6 +46,7 @@ from itersft.distributed import Ranks
 from itersft.trainer import checkpoint as checkpoints
 from itersft.trainer.engine import Engine
 from itersft.trainer.evaluation import token_mean_loss
+from itersft.trainer.guard import UpdateGuard
 from itersft.trainer.loss import SummedLoss, label_positions
 from itersft.trainer.model_facts import inspect_model
 from itersft.trainer.setup import (
@@ -173,6 +174,8 @@ class IterativeSFTTrainer(Trainer):
         self.engine = Engine(self.accelerator, self.is_deepspeed_enabled, self.is_fsdp_enabled)
         self._prepare_optimization()
         self.summed_loss = SummedLoss(self.model, self.facts, self.accelerator.autocast)
+        # DeepSpeed steps inside backward on its own float32 master weights: nothing here could undo that.
+        self.guard = None if self.is_deepspeed_enabled else UpdateGuard(self.optimizer, self.settings.guard_updates)
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -296,9 +299,16 @@ class IterativeSFTTrainer(Trainer):
         return result
 
     def _truncate(self, examples: list[Example]) -> list[Example]:
-        """Every example cut along the sequence axis to `max_length`."""
-        return [truncate_example(e, self.settings.max_length, self.settings.truncation_mode, self.is_encoder_decoder)
-                for e in examples]
+        """Every example cut along the sequence axis to `max_length`, or, when that is unset, to the positions
+        the model has (`ModelFacts.max_positions`), with a warning: a longer sample would not fit it."""
+        limit, mode = self.settings.max_length, self.settings.truncation_mode
+        if limit is None and self.facts.max_positions is not None:
+            limit = self.facts.max_positions
+            over = sum(max(e.size()) > limit for e in examples)
+            if over:
+                logger.warning("%d sample(s) are longer than the model's %d positions: cut to %d tokens (%s). "
+                               "Set `max_length` to choose the length yourself.", over, limit, limit, mode)
+        return [truncate_example(e, limit, mode, self.is_encoder_decoder) for e in examples]
 
     def _windows(self, examples: list[Example]) -> list[tuple[list[tuple[list[Example], bool]], int]]:
         """Accumulation windows of this rank's examples as they run (micro-batches, each with whether it is
