@@ -204,3 +204,26 @@ def test_peft_model_with_several_adapters_trains_only_the_active_one(causal_mode
         _, grads = causal_reference(model, recorder.params[index], input_ids, input_ids, 0.0)
         assert sorted(grads) == sorted(critic)
         assert_same_gradients(recorder.grads[index], grads)
+
+
+# ---- a padded batch passed with labels=input_ids ------------------------------------------------
+
+
+def test_padded_rows_with_labels_equal_to_the_ids(causal_model, tokenizer, tmp_path):
+    """TRL scripts pass a padded batch's rows as `input_ids`, its `attention_mask`, and `labels` = the ids
+    (pad ids included). Padding never carries loss, and the loss is divided by the real label tokens only:
+    the gradient is the unpadded samples' token mean."""
+    recorder = UpdateRecorder()
+    trainer = IterativeSFTTrainer(causal_model, IterativeSFTConfig(output_dir=str(tmp_path), report_to="none"),
+                                  tokenizer=tokenizer, callbacks=[recorder])
+    samples = [torch.tensor([10, 11, 12, 13, 14]), torch.tensor([20, 21]), torch.tensor([30, 31, 32])]
+    pad = tokenizer.pad_token_id
+    rows = [torch.cat([s, torch.full((5 - len(s),), pad)]) for s in samples]
+    masks = [torch.tensor([1] * len(s) + [0] * (5 - len(s))) for s in samples]
+
+    stats = trainer.step(input_ids=rows, attention_mask=masks, labels=[r.clone() for r in rows])
+
+    loss, grads = causal_reference(causal_model, recorder.params[0], samples, samples, trainer.args.max_grad_norm)
+    assert stats["trained_tokens"] == causal_label_count(samples) == 4 + 1 + 2
+    assert stats["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_gradients(recorder.grads[0], grads)

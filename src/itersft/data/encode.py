@@ -132,9 +132,11 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
                    labels: list[torch.Tensor] | None, is_encoder_decoder: bool) -> list[Example]:
     """Build examples from validated tensors.
 
-    Causal: labels default to the input ids with positions whose attention mask is 0 excluded (the
-    mask, not the pad id, decides, so a real EOS equal to the pad token is learned); user labels are
-    used exactly as given. Seq2seq: `labels` are the targets and are required.
+    Causal: labels default to the input ids; positions whose attention mask is 0 never carry loss,
+    whatever the labels given there (the mask, not the pad id, decides, so a real EOS equal to the pad
+    token is learned). Masking them here, not only when collating, keeps the window's label-token count
+    (the loss's divisor) equal to the tokens the loss sums over, e.g. for a padded generation batch
+    passed with `labels=input_ids`. Seq2seq: `labels` are the targets and are required.
     """
     if is_encoder_decoder and labels is None:
         raise InputError("A seq2seq model needs targets: pass `labels` (or `texts_labels`, or "
@@ -143,7 +145,9 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
     for index, ids in enumerate(input_ids):
         ids = _on_cpu(ids)
         mask = torch.ones_like(ids) if attention_mask is None else _on_cpu(attention_mask[index])
-        target = ids.masked_fill(mask == 0, IGNORE_INDEX) if labels is None else _on_cpu(labels[index])
+        target = ids if labels is None else _on_cpu(labels[index])
+        if not is_encoder_decoder:
+            target = target.masked_fill(mask == 0, IGNORE_INDEX)
         examples.append(Example(ids, mask, target))
     return examples
 
