@@ -88,3 +88,66 @@ def test_packing_with_a_collator_is_refused(causal_model, tokenizer, tmp_path):
         IterativeSFTTrainer(causal_model, config(tmp_path, batching="packed"), tokenizer=tokenizer,
                             data_collator=collate)
     assert "batching" in str(raised.value) and "data_collator" in str(raised.value)
+
+
+def test_collator_that_raises_is_named_in_the_error(causal_model, tokenizer, tmp_path):
+    """The collator's own exception comes through with its type, plus a note naming the collator and
+    what it was handed."""
+    def collate_strictly(features):
+        raise KeyError("needs a `prompt` key")
+
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer=tokenizer, data_collator=collate_strictly)
+    before = weights(causal_model)
+    with pytest.raises(KeyError) as raised:
+        trainer.step(prompts=["a", "b"], completions=["c", "d"])
+    notes = " ".join(getattr(raised.value, "__notes__", []))
+    assert "collate_strictly" in notes and "labels" in notes and "DataCollatorForSeq2Seq" in notes
+    assert all(torch.equal(before[n], p) for n, p in causal_model.named_parameters())
+
+
+def test_collator_returning_a_list_is_refused(causal_model, tokenizer, tmp_path):
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer=tokenizer,
+                                  data_collator=lambda features: [f["input_ids"] for f in features])
+    assert_refused(trainer, causal_model, ["<lambda>", "list", "dict of tensors"], texts=TEXTS)
+
+
+class DetachedLoss(IterativeSFTTrainer):
+    """Returns a loss cut from the graph: nothing could be trained."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch).detach()
+
+
+def test_compute_loss_returning_a_detached_loss(causal_model, tokenizer, tmp_path):
+    trainer = DetachedLoss(causal_model, config(tmp_path), tokenizer=tokenizer)
+    assert_refused(trainer, causal_model, ["DetachedLoss.compute_loss", "require grad"], texts=TEXTS)
+
+
+class StepReturningAFloat(IterativeSFTTrainer):
+    """Returns `loss.item()` instead of the tensor."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(model, inputs, num_items_in_batch).item()
+
+
+def test_training_step_returning_a_float(causal_model, tokenizer, tmp_path):
+    trainer = StepReturningAFloat(causal_model, config(tmp_path), tokenizer=tokenizer)
+    with pytest.raises(ValueError) as raised:
+        trainer.step(texts=TEXTS)
+    assert "StepReturningAFloat.training_step" in str(raised.value) and "float" in str(raised.value)
+    assert trainer.state.global_step == 0
+
+
+def test_average_tokens_across_devices_false_is_refused(tmp_path):
+    """itersft always averages over the label tokens of all ranks; per-rank means are refused, not ignored."""
+    with pytest.raises(ValueError) as raised:
+        config(tmp_path, average_tokens_across_devices=False)
+    assert "average_tokens_across_devices" in str(raised.value) and "False" in str(raised.value)
+
+
+@pytest.mark.parametrize("setting", [{"label_smoothing_factor": 0.1}, {"neftune_noise_alpha": 5.0}])
+def test_transformers_loss_settings_step_does_not_apply_are_refused(setting, tmp_path):
+    """Settings that transformers' `compute_loss`/`train()` apply and `step()` does not: refused, never ignored."""
+    with pytest.raises(ValueError) as raised:
+        config(tmp_path, **setting)
+    assert next(iter(setting)) in str(raised.value)

@@ -258,3 +258,81 @@ def test_training_step_override_calling_super(causal_model, tokenizer, tmp_path)
     assert sum(share for _, _, share in trainer.observed) == pytest.approx(loss, rel=1e-5)
     assert stats["loss"] == pytest.approx(loss, rel=1e-5)
     assert_same_gradients(recorder.grads[0], grads)
+
+
+# ---- where overrides come from, and what they are handed ------------------------------------------
+
+
+def test_compute_loss_set_on_the_instance_after_construction(causal_model, tokenizer, tmp_path):
+    """`trainer.compute_loss = ...` after the trainer is built is honoured too (looked up every call)."""
+    recorder = UpdateRecorder()
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer=tokenizer, callbacks=[recorder])
+    calls = []
+
+    def tempered(model, inputs, return_outputs=False, num_items_in_batch=None):
+        calls.append(int(num_items_in_batch))
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        return F.cross_entropy((logits[:, :-1].float() / 2.0).transpose(1, 2), inputs["labels"][:, 1:],
+                               ignore_index=IGNORE_INDEX, reduction="sum") / num_items_in_batch
+
+    trainer.compute_loss = tempered
+    texts = TEXTS[:4]
+    trainer.step(texts=texts)
+
+    ids = [text_ids(tokenizer, t) for t in texts]
+    count = causal_label_count(ids)
+    _, grads = expected_update(causal_model, recorder.params[0],
+                               [lambda m, i=i: causal_loss_sum(m, i, i, temperature=2.0) for i in ids], count)
+    assert calls == [count, count]
+    assert_same_gradients(recorder.grads[0], grads)
+
+
+class ShapeRecorder(IterativeSFTTrainer):
+    """The trainer's own loss; records the shapes and keys each call is handed."""
+
+    seen: list
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen.append({k: tuple(v.shape) for k, v in inputs.items()})
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+@pytest.mark.parametrize("batching", ["auto", "packed"])
+def test_an_override_gets_packed_rows_only_when_asked(batching, causal_model, tokenizer, tmp_path):
+    """`batching="auto"` never packs for an override (it expects padded rows); `"packed"` hands it one row
+    per micro-batch with `position_ids` and no mask. The gradient is the same either way."""
+    recorder = UpdateRecorder()
+    trainer = ShapeRecorder(causal_model, config(tmp_path, batching=batching), tokenizer=tokenizer,
+                            callbacks=[recorder])
+    trainer.seen = []
+    texts = ["a b", "the cat sat on the mat and more", "x", "four words in here"]
+
+    trainer.step(texts=texts)
+
+    ids = [text_ids(tokenizer, t) for t in texts]
+    assert len(trainer.seen) == 2  # one call per micro-batch
+    if batching == "packed":
+        assert all(set(s) == {"input_ids", "position_ids", "labels"} and s["input_ids"][0] == 1 for s in trainer.seen)
+    else:
+        assert all(set(s) == {"input_ids", "attention_mask", "labels"} and s["input_ids"][0] == 2 for s in trainer.seen)
+    _, grads = expected_update(causal_model, recorder.params[0],
+                               [lambda m, i=i: causal_loss_sum(m, i, i) for i in ids], causal_label_count(ids))
+    assert_same_gradients(recorder.grads[0], grads)
+
+
+def test_a_window_whose_collated_labels_are_all_masked_is_skipped(causal_model, tokenizer, tmp_path, caplog):
+    """A collator that masks every label of a window: that update is skipped (no division by zero, no
+    weight change), the next window trains."""
+    def mask_short_samples(features):
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.tensor([f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features])
+        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[mask.sum(1) < 5] = IGNORE_INDEX
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path, gradient_accumulation_steps=1), tokenizer=tokenizer,
+                                  data_collator=mask_short_samples)
+    stats = trainer.step(texts=["a", "b", "long enough", "also long enough"])
+    assert (stats["updates"], stats["skipped_updates"], trainer.state.global_step) == (1, 1, 1)
+    assert "no label token" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from transformers import TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
@@ -55,3 +56,22 @@ def test_a_skipped_update_also_clears_through_the_optimizer(causal_model, tokeni
     for name, param in causal_model.named_parameters():
         assert torch.equal(param, before[name]), name
         assert param.grad is not None and torch.count_nonzero(param.grad) == 0, name
+
+
+class GradientsAtOptimizerStep(TrainerCallback):
+    """Whether every parameter still holds its gradient when `on_optimizer_step` fires."""
+
+    def __init__(self):
+        self.seen: list[bool] = []
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.seen.append(all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters()))
+
+
+def test_gradients_are_cleared_after_on_optimizer_step(causal_model, tokenizer, tmp_path):
+    """As in `transformers.Trainer`: step, `on_optimizer_step` (gradients still there), then clear."""
+    callback = GradientsAtOptimizerStep()
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer=tokenizer, callbacks=[callback])
+    stats = trainer.step(texts=["a b c", "bb", "ccc d", "dddd"])
+    assert stats["updates"] == 2 and callback.seen == [True, True]
+    assert all(p.grad is None for p in causal_model.parameters())
