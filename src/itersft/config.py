@@ -60,7 +60,9 @@ class IterativeSFTConfig(TrainingArguments):
         "attention then cost (tokens in the row)^2; flash-attention kernels do not). `auto`: "
         "sorted, and each micro-batch packed when that is estimated cheaper (always with "
         "flash-attention). `padded`: the given (shuffled) order, right-padded. Seq2seq and models "
-        "without packed-sequence support are never packed.")
+        "without packed-sequence support are never packed, nor is a `data_collator`'s batch (it lays "
+        "out its own; `packed` is refused with one); `compute_loss`/`training_step` overrides get packed "
+        "rows only with `packed`.")
     logging_steps: float = documented(10,
         "Log every this many optimizer updates (checked at the end of each `step()`).")
 
