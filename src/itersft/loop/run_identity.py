@@ -15,11 +15,11 @@ The identity's fields:
 * `model.weights`: a fingerprint of the model's weights as the loop received them (before any resume):
   the name, shape, dtype and exact values of up to 1024 evenly spaced entries of every parameter (with
   adapters: of every frozen base parameter; the adapters' initialisation follows `training.seed`).
-  None when the parameters are sharded (FSDP, ZeRO-3). `model.config`: a hash of the model's config
-  (private `_` keys and `transformers_version` left out). `model.source`: where the model came from
-  (`config._name_or_path`; a local path as its real path, so `./m`, `m/` and `/abs/m` are the same),
-  compared only when either side has no weights fingerprint: a model folder moved elsewhere is the
-  same model.
+  None when the parameters are sharded (FSDP, ZeRO-3): then it is not compared. `model.config`: a
+  hash of the model's config (private `_` keys and `transformers_version` left out). `model.source`:
+  where the model came from (`config._name_or_path`; a local path as its real path, so `./m`, `m/`
+  and `/abs/m` are the same), compared only when either side has no weights fingerprint: a model
+  folder moved elsewhere is the same model.
 * `tokenizer`: a hash of the vocabulary, the special tokens, the chat template and the padding and
   truncation sides.
 * `prompts`, `eval_prompts`, `labelled`: a hash and the count of the prompts with their metadata (the
@@ -84,9 +84,11 @@ def weights_fingerprint(trainer) -> str | None:
         for name, parameter in model.named_parameters():
             if adapters and parameter.requires_grad:
                 continue
+            digest.update(f"{name}|{tuple(parameter.shape)}|{parameter.dtype}|".encode())
+            if parameter.is_meta:  # offloaded by a device map: no values here to read
+                continue
             flat = parameter.detach().reshape(-1)
             picked = flat[:: max(1, flat.numel() // _SAMPLED_VALUES)][:_SAMPLED_VALUES]
-            digest.update(f"{name}|{tuple(parameter.shape)}|{parameter.dtype}|".encode())
             digest.update(picked.to("cpu", torch.float64).numpy().tobytes())  # exact for every float and int dtype
     return digest.hexdigest()
 
@@ -159,7 +161,7 @@ def compare(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tupl
     weights_known = recorded.get("model.weights") is not None and current.get("model.weights") is not None
     changes = {}
     for name in recorded.keys() & current.keys():
-        if name == "model.source" and weights_known:
+        if (name == "model.source" and weights_known) or (name == "model.weights" and not weights_known):
             continue
         if recorded[name] != current[name]:
             changes[name] = (recorded[name], current[name])
