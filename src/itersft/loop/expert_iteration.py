@@ -304,9 +304,10 @@ class ExpertIteration:
         with reporting_full_disk(directory, f"the round {round_index} checkpoint", staging_path(directory),
                                  self.run_dir.is_main, then=_resume_hint(round_index - 1)):
             self.trainer.save_checkpoint(directory, extra=add_loop_state)
-            self.run_dir.write_metrics(state["history"])
         for pruned in self.run_dir.prune_rounds(self.config.keep_rounds):
             logger.info("deleted %s (keep_rounds=%s)", pruned.name, self.config.keep_rounds)
+        with reporting_full_disk(self.run_dir.root / "metrics.jsonl", "the metrics", then=_resume_hint(round_index)):
+            self.run_dir.write_metrics(state["history"])
 
     def _save_final(self) -> None:
         """`final/`: the model (or adapters) and tokenizer, loadable with `from_pretrained`, written atomically."""

@@ -146,6 +146,9 @@ def check_run_identity(root: str | Path, identity: dict[str, Any], resuming_afte
                        root, resuming_after, len(changes), ", ".join(changes))
     if recorded is not None and resuming_after is not None and not changes:
         return {}
+    if recorded is None and resuming_after is not None:
+        logger.info("%s has no readable %s (a run started before itersft recorded it): recording this run's "
+                    "identity now, without comparing", root, IDENTITY_FILE)
     if is_main:
         history = (recorded or {}).get("changes", []) if resuming_after is not None else []
         if changes:
