@@ -5,7 +5,7 @@ with itersft's own data functions applied in `step()`'s order: tokenise the text
 drop samples with nothing to learn, shuffle with (`seed`, updates so far), cut into accumulation
 windows, regroup each window by length, pack or pad each micro-batch as `batching` decides, find the
 label positions on the host. The timed loop then does only what any training loop must: move each
-micro-batch to the device, the trainer's loss (`itersft.loss.causal_summed_loss`: decoder, label
+micro-batch to the device, the trainer's loss (`itersft.trainer.loss.SummedLoss`: decoder, label
 positions, chunked head; packed rows attended per sample) divided by the window's label tokens,
 backward, gradient clipping, one fused-AdamW update per window. No input checks, callbacks,
 statistics, logging or host syncs.
@@ -21,14 +21,13 @@ import contextlib
 
 import torch
 
-from itersft.data.batching import accumulation_windows, by_length, shuffled
+from itersft.data.batching import accumulation_windows, lay_out_window, shuffled
 from itersft.data.collate import collate
-from itersft.data.encode import SampleEncoder
-from itersft.data.packing import packing_pays, supports_packing
-from itersft.data.step_input import step_examples
-from itersft.loss import causal_summed_loss, label_positions
-from itersft.model_loading import text_tokenizer
-from itersft.trainer_setup import choose_pad_token_id
+from itersft.data.encode import ExampleEncoder
+from itersft.data.validate import validate_step_input
+from itersft.trainer.loss import SummedLoss, label_positions
+from itersft.trainer.model_facts import inspect_model
+from itersft.trainer.setup import choose_pad_token_id, text_tokenizer
 
 STEP_INPUTS = ("input_ids", "attention_mask", "labels", "texts", "texts_labels", "prompts", "completions", "messages")
 
@@ -44,9 +43,10 @@ class BareLoop:
                  seed: int = 42, max_grad_norm: float = 1.0, device: str = "cpu",
                  autocast_dtype: torch.dtype | None = None):
         self.model = model.to(device).train()
-        self.encoder = SampleEncoder(text_tokenizer(tokenizer), is_encoder_decoder=False, add_eos_token=True)
+        self.encoder = ExampleEncoder(text_tokenizer(tokenizer), False, True)
         self.pad_token_id = choose_pad_token_id(text_tokenizer(tokenizer), model)
-        self.vocab_size = model.get_input_embeddings().num_embeddings
+        self.facts = inspect_model(model)
+        self.loss = SummedLoss(self.model, self.facts, self._autocast)
         self.batch_size, self.accumulation, self.batching = batch_size, accumulation, batching
         self.seed, self.max_grad_norm, self.device = seed, max_grad_norm, torch.device(device)
         self.autocast_dtype = autocast_dtype
@@ -56,20 +56,20 @@ class BareLoop:
     def micro_batches(self, texts: list[str], updates_before: int) -> list[tuple[list[dict], int]]:
         """The windows of `step(texts=texts)` called after `updates_before` updates: each is a list of host
         micro-batches and the window's label-token count."""
-        given = dict.fromkeys(STEP_INPUTS) | {"texts": texts}
-        examples = [e for e in step_examples(given, self.encoder, self.vocab_size) if e.num_loss_tokens(True) > 0]
+        form, lists = validate_step_input(dict.fromkeys(STEP_INPUTS) | {"texts": texts}, False,
+                                          self.facts.vocab_size)
+        examples = [e for e in self.encoder.encode_input(form, lists) if e.num_loss_tokens(True) > 0]
         examples = shuffled(examples, self.seed, updates_before)
         windows = []
-        packable = self.batching in ("packed", "auto") and supports_packing(self.model)
+        per_sample = self.loss.attends_per_sample(self.model)
         for window in accumulation_windows(examples, self.batch_size, self.accumulation):
-            if self.batching != "padded":
-                window = by_length(window, lambda e: len(e.input_ids))
             batches = []
-            for examples_of_batch in window:
-                lengths = [len(e.input_ids) for e in examples_of_batch]
-                packed = packable and (self.batching == "packed" or packing_pays(lengths, self.model))
+            for examples_of_batch, packed in lay_out_window(window, self.batching, self.facts.packs,
+                                                            self.facts.hidden_size, per_sample):
                 batch = collate(examples_of_batch, self.pad_token_id, False, packed)
                 batch["loss_positions"], batch["loss_targets"] = label_positions(batch["labels"])
+                if packed:
+                    batch["packed_lengths"] = tuple(len(e.input_ids) for e in examples_of_batch)
                 batches.append(batch)
             windows.append((batches, sum(e.num_loss_tokens(True) for b in window for e in b)))
         return windows
@@ -86,7 +86,7 @@ class BareLoop:
             for host in batches:
                 batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                          for k, v in host.items()}
-                loss = causal_summed_loss(self.model, self.model, batch, self._autocast)
+                loss = self.loss(self.model, batch)
                 (loss / window_tokens).backward()
                 loss_sum += loss.detach()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)

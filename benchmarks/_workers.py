@@ -54,7 +54,7 @@ def itersft_stepper(args, model_dir: Path):
 
     def step(texts):
         stats = trainer.step(texts=texts)
-        return {"real": stats["total_tokens"], "computed": stats["padded_tokens"], "updates": stats["updates"],
+        return {"real": stats["real_tokens"], "computed": stats["padded_tokens"], "updates": stats["updates"],
                 "loss": stats["loss"]}
 
     return step

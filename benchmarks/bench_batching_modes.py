@@ -82,7 +82,7 @@ def main() -> None:
                 sync()
                 if round_index:
                     seconds[mode].append(clock() - started)
-                    padding[mode] = stats["padded_tokens"] / stats["total_tokens"]
+                    padding[mode] = stats["padded_tokens"] / stats["real_tokens"]
         rows = []
         for mode in MODES:
             ratios = [base / own for base, own in zip(seconds["padded"], seconds[mode])]

@@ -53,7 +53,7 @@ def main() -> None:
             return tokenizer(*a, **k)
 
     sampler = Sampler(model, NoEos(), SamplingConfig(num_samples=K, max_new_tokens=NEW_TOKENS, temperature=1.0,
-                                                      batch_size=16, seed=0))
+                                                      batch_size=16, seed=0, chat_template=False))
     plain = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=NEW_TOKENS,
                              min_new_tokens=NEW_TOKENS, num_return_sequences=K, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=None)

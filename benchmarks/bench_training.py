@@ -203,7 +203,7 @@ def compare_with_bare(model_dir: Path, args) -> tuple[str, dict]:
                 raise RuntimeError(f"round {round_index}: step() loss {itersft_loss} but bare loop {bare_loss}: the "
                                    "bare loop no longer replicates step()'s micro-batches (see _bare.py)")
             if round_index:
-                tokens = stats["total_tokens"]
+                tokens = stats["real_tokens"]
                 ratios.append(seconds["bare"] / seconds["itersft"])
                 rates["itersft"].append(tokens / seconds["itersft"])
                 rates["bare"].append(tokens / seconds["bare"])

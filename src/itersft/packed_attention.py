@@ -16,7 +16,8 @@ host, so no device sync is needed to find the boundaries).
 
 Deliberately not used (`applies` says False; the caller keeps transformers' masked path, which is
 correct, only slower) where the switch could be missed or outlive the call: activation checkpointing
-(the forward runs again during backward, after the switch is undone), configs with sub-configs
+(the forward runs again during backward, after the switch is undone, and would attend the row whole
+with no mask: transformers' flag or torch's checkpoint wrappers), configs with sub-configs
 (multimodal models), and attention other than `sdpa` or `eager` (flash kernels already attend per
 sample; flex and the rest are left as they are). Also not on accelerators, for now: there a packed
 row of a few thousand tokens costs little attention under the mask in one kernel per layer, while a
@@ -85,21 +86,32 @@ def applies(model: nn.Module) -> bool:
     device = getattr(base, "device", None)
     if getattr(device, "type", None) != "cpu":
         return False  # measured on CPU only; see the module docstring
-    return not getattr(config, "sub_configs", None) and not _checkpointed(base)
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "sub_configs", None):
+        return False  # never packed (seq2seq), or sub-models the switch would not reach (multimodal)
+    return not _checkpointed(base)
 
 
-# Per model, the modules that carry transformers' `gradient_checkpointing` flag (it sets the flag only on
-# modules that have it, so the set is fixed when the model is built): found once, so that the check
-# costs a few attribute reads per micro-batch rather than a walk over every module.
-_FLAGGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Per model: whether torch's own checkpoint wrappers sit in it (`checkpoint_wrapper`, as FSDP's
+# activation checkpointing applies, or the composable `checkpoint`), and the modules that carry
+# transformers' `gradient_checkpointing` flag (it sets the flag only on modules that have it). Both are
+# fixed once the model is wrapped, so they are found once and the check costs a few attribute reads per
+# micro-batch rather than a walk over every module. Wrapping layers after the first packed step is not seen.
+_CHECKPOINTING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _checkpointed(model: nn.Module) -> bool:
     """Whether activation checkpointing is on for any layer of `model`."""
-    flagged = _FLAGGED.get(model)
-    if flagged is None:
-        flagged = _FLAGGED[model] = tuple(m for m in model.modules() if hasattr(m, "gradient_checkpointing"))
-    return any(module.gradient_checkpointing is True for module in flagged)
+    found = _CHECKPOINTING.get(model)
+    if found is None:
+        from torch.distributed._composable.contract import _get_registry
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+
+        wrapped = any(isinstance(m, ActivationWrapper) or "checkpoint" in (_get_registry(m) or {})
+                      for m in model.modules())
+        flagged = tuple(m for m in model.modules() if hasattr(m, "gradient_checkpointing"))
+        found = _CHECKPOINTING[model] = (wrapped, flagged)
+    wrapped, flagged = found
+    return wrapped or any(module.gradient_checkpointing is True for module in flagged)
 
 
 @contextlib.contextmanager

@@ -7,20 +7,19 @@ samples and every sample sees the positions it would alone: the forward is the p
 the padding. It only looks for them when there is no cache, so the model must be called with
 `use_cache=False` (the trainer always does). The first label of each sample is set to -100 so
 that, after the loss's one-position shift, the last token of a sample is not asked to predict the
-first token of the next; that label never carried loss anyway (nothing precedes it).
-`packed_lengths` (the samples' lengths, a tuple on the host) lets models on sdpa or eager attention
-attend each sample's slice of the row on its own (`itersft.packed_attention`) rather than the whole
-row under that mask.
+first token of the next; that label never carried loss anyway (nothing precedes it). On CPU the
+trainer has sdpa and eager models attend each sample's slice of the row on its own instead
+(`itersft.packed_attention`): the same attention without the work the mask throws away.
 
 Samples whose attention mask has zeros (padding the caller left inside) are not packed: dropping
-those tokens would renumber positions, so such micro-batches stay padded.
+those tokens would renumber positions, so such micro-batches stay padded. Which models may be packed is
+a fact of the model (`itersft.trainer.model_facts`); which micro-batches are, `batching.lay_out_window`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from itersft import packed_attention
 from itersft.data.example import IGNORE_INDEX, Example
 
 
@@ -29,9 +28,8 @@ def can_pack(examples: list[Example]) -> bool:
     return all(bool(e.attention_mask.all()) for e in examples)
 
 
-def pack(examples: list[Example]) -> dict[str, torch.Tensor | tuple[int, ...]]:
-    """`input_ids`, `position_ids` and `labels`, each `(1, total_tokens)`, for causal samples, and
-    `packed_lengths`, the samples' lengths in row order."""
+def pack(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """`input_ids`, `position_ids` and `labels`, each `(1, total_tokens)`, for causal samples."""
     labels = []
     for example in examples:
         own = example.labels.clone()
@@ -41,51 +39,23 @@ def pack(examples: list[Example]) -> dict[str, torch.Tensor | tuple[int, ...]]:
         "input_ids": torch.cat([e.input_ids for e in examples])[None],
         "position_ids": torch.cat([torch.arange(len(e.input_ids)) for e in examples])[None],
         "labels": torch.cat(labels)[None],
-        "packed_lengths": tuple(len(e.input_ids) for e in examples),
     }
 
 
-# Decoders (transformers 5 `model_type`s) known to build their attention mask with
-# `masking_utils.create_causal_mask` / `create_sliding_window_causal_mask` from `position_ids`, and the
-# attention implementations those functions (or flash-attention's varlen path) handle. Elsewhere a
-# packed row could attend across samples, so it is not used.
-PACKABLE_MODEL_TYPES = frozenset({
-    "gemma", "llama", "mistral", "olmo", "olmo2", "phi", "phi3", "qwen2", "qwen3", "smollm3", "stablelm",
-    "starcoder2",
-})
-PACKABLE_ATTENTION = frozenset({"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"})
-
-
-def supports_packing(model) -> bool:
-    """Whether `model` (a `PreTrainedModel` or `PeftModel`) reads sample boundaries from `position_ids`.
-
-    Prompt-learning adapters (prefix or prompt tuning) prepend virtual tokens, so they are excluded.
-    """
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None:
-        if getattr(peft_config, "is_prompt_learning", False):
-            return False
-        model = model.get_base_model()
-    config = getattr(model, "config", None)
-    return (getattr(config, "model_type", None) in PACKABLE_MODEL_TYPES
-            and getattr(config, "_attn_implementation", None) in PACKABLE_ATTENTION)
-
-
-def packing_pays(lengths: list[int], model) -> bool:
+def packing_pays(lengths: list[int], hidden_size: int, attends_per_sample: bool) -> bool:
     """Whether one packed row of samples of these `lengths` should cost less than right-padding them.
 
-    Where the row is attended sample by sample (flash-attention kernels, or sdpa and eager on CPU
-    through `itersft.packed_attention`) packing always pays: it computes no padding and attends no
-    more. Otherwise (sdpa and eager on an accelerator or under activation checkpointing) the row is
-    attended as a whole under a block-diagonal mask, at a cost growing with (tokens in the row)^2.
-    Per layer and token, the projections and MLP cost about 12 * hidden^2 and attention about
+    Where the row is attended sample by sample (`attends_per_sample`: flash-attention kernels, or sdpa
+    and eager on CPU through `itersft.packed_attention`) packing always pays: it computes no padding
+    and attends no more. Otherwise (sdpa and eager on an accelerator or under activation checkpointing)
+    the row is attended as a whole under a block-diagonal mask, at a cost growing with (tokens in the
+    row)^2. Per layer and token, the projections and MLP cost about 12 * hidden^2 and attention about
     4 * hidden * (context); so packing `n` tokens is cheaper than `b` rows of `m` when
     n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks padding for
     length-sorted micro-batches (little padding to save) and packing for mixed ones.
     """
-    base = model.get_base_model() if getattr(model, "active_peft_config", None) is not None else model
-    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash") or packed_attention.applies(model):
+    if attends_per_sample:
         return True
-    hidden = 3 * int(getattr(base.config, "hidden_size", 0) or 0)
+    hidden = 3 * hidden_size
     tokens, longest = sum(lengths), max(lengths)
     return tokens * (hidden + tokens) < len(lengths) * longest * (hidden + longest)

@@ -11,24 +11,30 @@ uniform out of that row's generator, and returns scores that are `-inf` except a
 greedy's argmax takes exactly that token. Everything else (left-padded batching, KV cache, EOS handling,
 padding of finished rows, stop strings) stays with `generate`.
 
-Deliberately left out: beam search, chat templating (prompts arrive formatted), prompt truncation, and
-sharing one prefill between the k samples of a prompt (each is its own row, as `num_return_sequences`
-does). Reproducibility is exact as far as the forward pass is batch-invariant: logits that differ in the
-last bits between batch shapes (common in bf16 on GPU) can move a draw across a token boundary.
+Prompts are strings or chat messages; `itersft.loop.prompts` decides which get the chat template
+(`SamplingConfig.chat_template`), renders them with the generation prompt, and adds the template's
+end-of-turn token to the ids that stop generation; the completion is then the assistant turn's content.
+
+Deliberately left out: beam search, prompt truncation, and sharing one prefill between the k samples of
+a prompt (each is its own row, as `num_return_sequences` does). Reproducibility is exact as far as the
+forward pass is batch-invariant: logits that differ in the last bits between batch shapes (common in
+bf16 on GPU) can move a draw across a token boundary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from itersft.checks import Problems, is_integer
 from itersft.distributed import Ranks
+from itersft.loop.prompts import Prompt, PromptRenderer, add_prompt_problems, is_chat_template_choice
 from itersft.loop.samples import Sample
 
 logger = logging.getLogger(__name__)
@@ -73,6 +79,11 @@ class SamplingConfig:
         batch_size: prompts per `generate` call (each contributes `num_samples` rows).
         seed: base seed; with the round, prompt index and sample index it fixes every draw.
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
+        chat_template: whether plain string prompts go through the tokenizer's chat template as the user
+            turn: True, False, or "auto" (the default: when the tokenizer has a template whose end-of-turn
+            token the model stops at; see `itersft.loop.prompts`). Chat-message prompts always do. The
+            loop trains in the format it sampled in.
+        system_prompt: a system turn put first in every chat prompt that has none; needs the template.
     """
 
     num_samples: int = 4
@@ -83,44 +94,28 @@ class SamplingConfig:
     batch_size: int = 16
     seed: int = 0
     stop_strings: list[str] | None = None
+    chat_template: bool | str = "auto"
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
-        problems = []
-
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"`{name}` must be an integer >= 1, got {value!r}; set it to 1 or more.")
-
+        problems = Problems("SamplingConfig")
         for name in ("num_samples", "max_new_tokens", "batch_size"):
-            positive_int(name)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
-            0.0 <= self.temperature < float("inf")
-        ):
-            problems.append(
-                f"`temperature` must be a finite number >= 0, got {self.temperature!r}; use 0 for greedy "
-                "decoding or e.g. 1.0 for plain sampling."
-            )
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not (
-            0.0 < self.top_p <= 1.0
-        ):
-            problems.append(
-                f"`top_p` must be in (0, 1], got {self.top_p!r}; use 1.0 to turn nucleus sampling off."
-            )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            problems.append(f"`top_k` must be an integer >= 0, got {self.top_k!r}; use 0 to turn top-k off.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            problems.append(f"`seed` must be an integer, got {self.seed!r}.")
+            problems.integer(name, getattr(self, name), minimum=1)
+        problems.number("temperature", self.temperature, minimum=0)  # 0: greedy decoding
+        problems.number("top_p", self.top_p, minimum=0, maximum=1, exclusive_minimum=True)  # 1: off
+        problems.integer("top_k", self.top_k, minimum=0)  # 0: off
+        problems.integer("seed", self.seed)
         if self.stop_strings is not None and (
             not isinstance(self.stop_strings, (list, tuple))
             or not all(isinstance(s, str) and s for s in self.stop_strings)
         ):
-            problems.append(
-                f"`stop_strings` must be None or a list of non-empty strings, got {self.stop_strings!r}; "
-                "e.g. ['\\n\\nQuestion:']."
-            )
-        if problems:
-            raise ValueError("Invalid SamplingConfig:\n  - " + "\n  - ".join(problems))
+            problems.add(f"`stop_strings` must be None or a list of non-empty strings, got {self.stop_strings!r}; "
+                         "e.g. ['\\n\\nQuestion:'].")
+        if not is_chat_template_choice(self.chat_template):
+            problems.add(f"`chat_template` must be true, false or 'auto', got {self.chat_template!r}.")
+        if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or not self.system_prompt):
+            problems.add(f"`system_prompt` must be None or a non-empty string, got {self.system_prompt!r}.")
+        problems.raise_if_any()
         if self.stop_strings is not None:
             self.stop_strings = list(self.stop_strings)
 
@@ -185,14 +180,17 @@ class Sampler:
     """Draws `config.num_samples` completions per prompt from `model` (causal or seq2seq, PEFT or not).
 
     The caller's tokenizer is only read (padding is done here, on the left); a tokenizer without a pad
-    token pads with EOS. The model is put in eval mode for sampling and every module's previous mode
-    is restored afterwards, also when generation raises.
+    token pads with EOS. How prompts are rendered, and which ids end a completion, is `self.renderer`'s
+    (`itersft.loop.prompts.PromptRenderer`, built from the config's `chat_template` and `system_prompt`).
+    The model is put in eval mode for sampling and every module's previous mode is restored afterwards,
+    also when generation raises.
 
     `lockstep` is for a model whose parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3),
     where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Each
     `sample()` call then runs as many `generate` calls as the busiest rank's (the others generate from a
     one-token dummy prompt and discard it), and `generate` keeps stepping until every rank's rows are
-    done (`synced_gpus`). All ranks must make the same number of `sample()` calls.
+    done (`synced_gpus`). Each rank makes one `sample()` call per phase (a round's draw, an evaluation)
+    with its own share of the prompts, which may be empty.
     """
 
     def __init__(self, model, tokenizer, config: SamplingConfig | None = None, lockstep: Ranks | None = None):
@@ -202,7 +200,8 @@ class Sampler:
         self.config = config if config is not None else SamplingConfig()
         if not isinstance(self.config, SamplingConfig):
             raise TypeError(f"`config` must be a SamplingConfig, got {type(self.config).__name__}.")
-        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.renderer = PromptRenderer(tokenizer, model, self.config.chat_template, self.config.system_prompt)
+        self.eos_token_ids = self.renderer.stop_token_ids
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError(
@@ -211,19 +210,25 @@ class Sampler:
         self.pad_token_id = pad
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
 
-    def sample(self, prompts: list[str], round_index: int, meta: list[dict] | None = None,
-               prompt_offset: int = 0, progress: bool = False) -> list[Sample]:
-        """Draw `num_samples` completions per prompt, returned ordered by (prompt_index, sample_index).
+    def sample(self, prompts: list[Prompt], round_index: int, meta: list[dict] | None = None,
+               prompt_indices: list[int] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[Sample]:
+        """Draw `num_samples` completions per prompt, returned in the prompts' order, then by sample_index.
 
-        `prompt_index` is `prompt_offset` + the prompt's position in `prompts` (so a shard of a round's
-        prompts keeps the indices, and therefore the samples, it has in the whole list). `meta[i]` is
-        shallow-copied into every sample of prompt i. `completion` is the decoded text up to (excluding)
-        EOS or the first stop string; `completion_ids` are the generated ids *without* the EOS and
-        without padding (with a stop string: the longest prefix whose decode is a prefix of
-        `completion`); `finished` says EOS or a stop string was produced.
+        `prompt_indices[i]` is prompt i's index in the caller's whole prompt list (default: its position
+        in `prompts`); it is the sample's `prompt_index` and, with the round and the sample index, fixes
+        the draw, so a shard of the prompts gets the samples it would get in the whole list. `meta[i]` is
+        shallow-copied into every sample of prompt i; `messages` is the conversation the prompt was
+        rendered as (None for raw text). `completion` is the decoded text up to (excluding) EOS, the
+        end-of-turn token or the first stop string; `completion_ids` are the generated ids *without*
+        that token and without padding (with a stop string: the longest prefix whose decode is a prefix
+        of `completion`); `finished` says a stop token or a stop string was produced. `progress(done,
+        total)` is called after each batch of prompts with the prompts sampled so far.
         """
-        self._check_arguments(prompts, round_index, meta, prompt_offset)
-        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"] if prompts else []
+        self._check_arguments(prompts, round_index, meta, prompt_indices)
+        if prompt_indices is None:
+            prompt_indices = list(range(len(prompts)))
+        encoded = self.renderer.encode(list(prompts))
         empty = [i for i, ids in enumerate(encoded) if len(ids) == 0]
         if empty:
             raise ValueError(f"Prompts at positions {empty[:10]} tokenize to no tokens; remove or fill them.")
@@ -235,27 +240,26 @@ class Sampler:
         idle = 0 if self.lockstep is None else self.lockstep.max(len(batches), device) - len(batches)
         if not batches and not idle:
             return []
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"sampling round {round_index}", unit="batch")
 
         results: dict[int, list[Sample]] = {}
         with _eval_mode(self.model), torch.no_grad():
             for batch in batches:
                 for position, samples in zip(batch, self._sample_batch(batch, encoded, round_index,
-                                                                      prompt_offset), strict=True):
+                                                                      prompt_indices), strict=True):
                     prompt_meta = meta[position] if meta is not None else {}
                     for s in samples:
                         s.prompt = prompts[position]
+                        s.messages = self.renderer.conversation(prompts[position])
                         s.meta = dict(prompt_meta)
                     results[position] = samples
+                if progress is not None:
+                    progress(len(results), len(prompts))
             for _ in range(idle):
                 self._generate(torch.full((1, 1), self.pad_token_id, device=device), None)
         return [s for position in range(len(prompts)) for s in results[position]]
 
     def _sample_batch(self, batch: list[int], encoded: list[list[int]], round_index: int,
-                      prompt_offset: int) -> list[list[Sample]]:
+                      prompt_indices: list[int]) -> list[list[Sample]]:
         """Generate for the prompts at positions `batch`: a list of k samples per prompt, in `batch` order."""
         cfg = self.config
         greedy = cfg.temperature == 0
@@ -268,7 +272,7 @@ class Sampler:
 
         processors = LogitsProcessorList()
         if not greedy:
-            seeds = [sample_seed(cfg.seed, round_index, prompt_offset + position, j)
+            seeds = [sample_seed(cfg.seed, round_index, prompt_indices[position], j)
                      for position in batch for j in range(rows_per_prompt)]
             processors.append(_RowwiseSampler(seeds, cfg.max_new_tokens, cfg, device))
         output = self._generate(input_ids, processors, attention_mask)
@@ -283,7 +287,7 @@ class Sampler:
             for j in range(cfg.num_samples):
                 row = generated[b * rows_per_prompt + (0 if greedy else j)].tolist()
                 text, ids, finished = self._finish(row)
-                samples.append(Sample(prompt="", completion=text, prompt_index=prompt_offset + position,
+                samples.append(Sample(prompt="", completion=text, prompt_index=prompt_indices[position],
                                       sample_index=j, completion_ids=ids, finished=finished))
             grouped.append(samples)
         return grouped
@@ -335,34 +339,23 @@ class Sampler:
             n -= 1
         return text, ids[:n], True
 
-    def _check_arguments(self, prompts, round_index, meta, prompt_offset) -> None:
-        problems = []
-        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-            problems.append("`prompts` must be a list of strings.")
-        if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
-            problems.append(f"`round_index` must be an integer >= 0, got {round_index!r}.")
-        if isinstance(prompt_offset, bool) or not isinstance(prompt_offset, int) or prompt_offset < 0:
-            problems.append(f"`prompt_offset` must be an integer >= 0, got {prompt_offset!r}.")
-        if meta is not None:
-            if not isinstance(meta, (list, tuple)) or not all(isinstance(m, dict) for m in meta):
-                problems.append("`meta` must be None or a list of dicts, one per prompt.")
-            elif isinstance(prompts, (list, tuple)) and len(meta) != len(prompts):
-                problems.append(f"`meta` has {len(meta)} entries but there are {len(prompts)} prompts; "
-                                "pass one dict per prompt.")
-        if problems:
-            raise ValueError("Invalid Sampler.sample arguments:\n  - " + "\n  - ".join(problems))
-
-
-def _eos_token_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS plus any the model's generation config names (chat models add end-of-turn)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(model_eos, int):
-        model_eos = [model_eos]
-    for token in model_eos or []:
-        if token not in ids:
-            ids.append(int(token))
-    return ids
+    def _check_arguments(self, prompts, round_index, meta, prompt_indices) -> None:
+        problems = Problems("Sampler.sample arguments")
+        add_prompt_problems(prompts, problems)
+        problems.integer("round_index", round_index, minimum=0)
+        for name, values in (("meta", meta), ("prompt_indices", prompt_indices)):
+            if values is None:
+                continue
+            if not isinstance(values, (list, tuple)):
+                problems.add(f"`{name}` must be None or a list with one entry per prompt, got {type(values).__name__}.")
+            elif isinstance(prompts, (list, tuple)) and len(values) != len(prompts):
+                problems.add(f"`{name}` has {len(values)} entries but there are {len(prompts)} prompts; "
+                             "pass one per prompt.")
+            elif name == "meta" and not all(isinstance(m, dict) for m in values):
+                problems.add("`meta` must be None or a list of dicts, one per prompt.")
+            elif name == "prompt_indices" and not all(is_integer(i) and i >= 0 for i in values):
+                problems.add("`prompt_indices` must hold ints >= 0 (each prompt's index in your prompt list).")
+        problems.raise_if_any()
 
 
 def _model_device(model) -> torch.device:
