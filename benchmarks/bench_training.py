@@ -180,7 +180,7 @@ def compare_with_bare(model_dir: Path, args) -> tuple[str, dict]:
                                     save_strategy="no", bf16=args.bf16, use_cpu=args.device == "cpu", **extra)
         trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config, tokenizer=tokenizer)
         bare = BareLoop(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, 4, accumulation,
-                        trainer.batching, LEARNING_RATE, seed=config.seed, device=args.device,
+                        trainer.settings.batching, LEARNING_RATE, seed=config.seed, device=args.device,
                         autocast_dtype=torch.bfloat16 if args.bf16 else None)
         ratios, rates, worst = [], {"itersft": [], "bare": []}, 0.0
         for round_index in range(args.overhead_rounds + 1):  # round 0 warms both up

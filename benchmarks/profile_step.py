@@ -75,7 +75,7 @@ def main() -> None:
             trainer.step(texts=text_workload(index))
         wall = time.perf_counter() - started
     print(header(f"step() profile: ~6.3M model, 16 texts/step of 16-512 tokens, batch {BATCH_SIZE}, accumulation "
-                 f"{args.accumulation}, batching={trainer.batching}; {args.steps} steps after 1 warm-up",
+                 f"{args.accumulation}, batching={trainer.settings.batching}; {args.steps} steps after 1 warm-up",
                  started=started_at))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     totals = dict.fromkeys([*PARTS, REST], 0.0)
