@@ -39,7 +39,7 @@ def main() -> None:
     trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
                                   tokenizer=AutoTokenizer.from_pretrained(model_dir))
     trainer.step(input_ids=workload(10_000, samples=64))  # warm-up
-    started = snapshot()
+    began = snapshot()
     seconds, tokens = {n: [] for n in SIZES}, {n: [] for n in SIZES}
     for round_index in range(args.rounds):
         for n in SIZES:
@@ -52,7 +52,7 @@ def main() -> None:
     rows = [[n, f"{median(seconds[n]):.2f}", f"{median(seconds[n]) / n * 1000:.1f}", f"{median(tokens[n]):,.0f}",
              f"{per_k[n]:.3f}", f"{per_k[n] / per_k[64]:.2f}x"] for n in SIZES]
     print(header(f"step() time vs step size, mixed lengths 16-512, batch {BATCH_SIZE}, accumulation 16, default "
-                 f"batching; {args.rounds} rounds + 1 warm-up step; medians", started=started))
+                 f"batching; {args.rounds} rounds + 1 warm-up step; medians", started=began))
     print(table(rows, ["samples/step", "s/step", "ms/sample", "real tokens", "s per 1k tokens",
                        "s per 1k tokens vs 64"]))
 
