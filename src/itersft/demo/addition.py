@@ -117,23 +117,33 @@ def reversed_sum(a: int, b: int) -> str:
 def make_task(seed: int, num_labelled: int = DEMO_HYPERPARAMETERS.num_labelled,
               num_unlabelled: int = DEMO_HYPERPARAMETERS.num_unlabelled,
               num_eval: int = DEMO_HYPERPARAMETERS.num_eval) -> AdditionTask:
-    """Draw the task's splits from the 8,100 ordered pairs of two-digit operands, deterministically.
+    """Draw the task's splits from the two-digit problems, deterministically, split by *unordered* pair.
 
-    The pairs are shuffled with `random.Random(seed)` and cut into eval, labelled and unlabelled, so
-    no prompt is in two splits ("12+34=" and "34+12=" are different prompts).
+    "12+34=" and "34+12=" have the same answer, and a model that learns one has as good as learned the
+    other, so both orders of a pair always land in the same split: no held-out prompt has its commuted
+    twin among the labelled or unlabelled ones. The 4,095 unordered pairs are shuffled with
+    `random.Random(seed)` and dealt, both orders at a time, to eval, then labelled, then unlabelled, each
+    taking prompts until it has its size (the other order of the pair that tips a split over is dropped,
+    never given to another split).
     """
-    sizes = {"num_labelled": num_labelled, "num_unlabelled": num_unlabelled, "num_eval": num_eval}
+    sizes = {"num_eval": num_eval, "num_labelled": num_labelled, "num_unlabelled": num_unlabelled}
     problems = Problems("make_task arguments")
     valid = all([problems.integer(name, value, minimum=0) for name, value in sizes.items()])
-    pairs = [(a, b) for a in range(_LOW, _HIGH + 1) for b in range(_LOW, _HIGH + 1)]
-    if valid and sum(sizes.values()) > len(pairs):
+    pairs = [(a, b) for a in range(_LOW, _HIGH + 1) for b in range(a, _HIGH + 1)]
+    available = sum(1 if a == b else 2 for a, b in pairs)
+    if valid and sum(sizes.values()) > available - len(sizes):
         problems.add(f"`num_labelled` + `num_unlabelled` + `num_eval` = {sum(sizes.values())} exceeds the "
-                     f"{len(pairs)} distinct two-digit problems; ask for fewer.")
+                     f"{available - len(sizes)} two-digit problems this split can give out; ask for fewer.")
     problems.raise_if_any()
     random.Random(seed).shuffle(pairs)
-    evaluation = pairs[:num_eval]
-    labelled = pairs[num_eval : num_eval + num_labelled]
-    unlabelled = pairs[num_eval + num_labelled : num_eval + num_labelled + num_unlabelled]
+    dealt = iter(pairs)
+    splits: dict[str, list[tuple[int, int]]] = {}
+    for name, size in sizes.items():
+        split: list[tuple[int, int]] = []
+        while len(split) < size:
+            a, b = next(dealt)
+            split += [(a, b)] if a == b else [(a, b), (b, a)]
+        splits[name] = split[:size]
 
     def prompts(split: list[tuple[int, int]]) -> list[str]:
         return [f"{a}+{b}=" for a, b in split]
@@ -142,12 +152,12 @@ def make_task(seed: int, num_labelled: int = DEMO_HYPERPARAMETERS.num_labelled,
         return [reversed_sum(a, b) for a, b in split]
 
     return AdditionTask(
-        labelled_prompts=prompts(labelled),
-        labelled_completions=answers(labelled),
-        unlabelled_prompts=prompts(unlabelled),
-        unlabelled_answers=answers(unlabelled),
-        eval_prompts=prompts(evaluation),
-        eval_answers=answers(evaluation),
+        labelled_prompts=prompts(splits["num_labelled"]),
+        labelled_completions=answers(splits["num_labelled"]),
+        unlabelled_prompts=prompts(splits["num_unlabelled"]),
+        unlabelled_answers=answers(splits["num_unlabelled"]),
+        eval_prompts=prompts(splits["num_eval"]),
+        eval_answers=answers(splits["num_eval"]),
     )
 
 
