@@ -130,6 +130,7 @@ def test_one_round_of_the_loop_finishes_and_writes_its_artefacts(smollm2, tmp_pa
     assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0]
     accepted = [json.loads(line) for line in (run / "accepted" / "round-0000.jsonl").read_text().splitlines()]
     assert history[0]["train_samples"] == len(accepted)
+    assert history[0]["samples_kept"] > 0 and history[0]["train_updates"] > 0
     assert all(a["messages"][0] == {"role": "system", "content": "Answer with the number only."} for a in accepted)
     assert (run / "rounds" / "round-0000" / "loop_state.json").is_file()
     assert (run / "curves.png").is_file() and (run / "loop_summary.json").is_file()

@@ -60,7 +60,9 @@ class IterativeSFTConfig(TrainingArguments):
         "attention then cost (tokens in the row)^2; flash-attention kernels do not). `auto`: "
         "sorted, and each micro-batch packed when that is estimated cheaper (always with "
         "flash-attention). `padded`: the given (shuffled) order, right-padded. Seq2seq and models "
-        "without packed-sequence support are never packed.")
+        "without packed-sequence support are never packed, nor is a `data_collator`'s batch (it lays "
+        "out its own; `packed` is refused with one); `compute_loss`/`training_step` overrides get packed "
+        "rows only with `packed`.")
     guard_updates: bool = documented(True,
         "Copy the trainable weights and the optimizer state before each update, so an update that makes a "
         "weight non-finite, or that is interrupted (out of memory, KeyboardInterrupt), is undone and the next "
@@ -122,6 +124,16 @@ def check_training_arguments(args: TrainingArguments) -> None:
     problems.number("adam_epsilon", args.adam_epsilon, minimum=0, exclusive_minimum=True)
     for name in ("logging_steps", "save_steps", "eval_steps"):
         problems.number(name, getattr(args, name), minimum=0, exclusive_minimum=True, optional=name == "eval_steps")
+    if args.label_smoothing_factor:
+        problems.add(f"`label_smoothing_factor`={args.label_smoothing_factor!r} is not supported: `step()`'s loss is "
+                     "plain token cross-entropy. Set it to 0, or smooth in a `compute_loss` override.")
+    if args.neftune_noise_alpha is not None:
+        problems.add(f"`neftune_noise_alpha`={args.neftune_noise_alpha!r} is not supported: NEFTune noise is "
+                     "added by `Trainer.train()`, which `step()` does not run. Leave it at None.")
+    if args.average_tokens_across_devices is not True:
+        problems.add(f"`average_tokens_across_devices`={args.average_tokens_across_devices!r} is not supported: "
+                     "every update's loss is the mean over the label tokens of all processes (what True means), "
+                     "so a rank's few tokens never weigh as much as another's many. Leave it at True.")
     horizon = args.max_steps if is_real(args.max_steps) and args.max_steps > 0 else None
     for name in ("logging_steps", "eval_steps", "save_steps", "warmup_steps"):
         value = getattr(args, name)

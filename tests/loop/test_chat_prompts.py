@@ -269,6 +269,7 @@ def test_itersft_run_samples_and_trains_chat_prompts(tmp_path, chat_answering_di
         assert sample["completion"] == "x"
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert metrics["eval_accuracy"] == 1.0 and metrics["train_samples"] == len(accepted)
+    assert metrics["samples_kept"] > 0 and metrics["train_updates"] > 0
 
 
 # ---- bad input: one clear error, before any model loads -------------------------------------------

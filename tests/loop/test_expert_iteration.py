@@ -1,4 +1,5 @@
-"""The loop end to end on a toy model: artefacts, round policies, and resume after kill -9.
+"""The loop end to end on a toy model: artefacts, round policies, resume after kill -9 (between
+rounds and inside a round checkpoint's write), the installed `itersft` script.
 
 The base model is the toy causal LM briefly taught to answer "x" or "y" and stop (so completions
 finish and some are correct); the scorer is exact match against a per-prompt answer.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +75,8 @@ def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
     assert events == ["begin", "end"]  # the trainer's callbacks see one run: trackers flush at its end
     assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "trainer"])
+        ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "run_identity.json",
+         "trainer"])
     assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round-0000", "round-0001"]
     round_files = {p.name for p in (tmp_path / "rounds" / "round-0001").iterdir()}
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
@@ -136,6 +139,7 @@ def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_di
     loop = _loop(base_dir, tmp_path, labelled=labelled, buffer_capacity=None, replay_samples=2, labelled_ratio=0.5)
     history = loop.run(PROMPTS, _meta())
     first, second = history
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
     kept_first = first["samples_kept"] - first["samples_unfinished"]
     kept_second = second["samples_kept"] - second["samples_unfinished"]
     assert first["train_samples"] == 2 * kept_first  # no buffer yet; labelled = generated at ratio 0.5
@@ -145,12 +149,15 @@ def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_di
 
 
 def test_reset_optimizer_clears_its_state_each_round(tmp_path, base_dir):
-    loop = _loop(base_dir, tmp_path, rounds=1, reset_optimizer=True)
+    """Adam counts its steps per parameter: after the run it has counted the last round's updates only."""
+    loop = _loop(base_dir, tmp_path, reset_optimizer=True)
     loop.trainer.step(prompts=PROMPTS, completions=ANSWERS)
     assert len(loop.trainer.optimizer.state) > 0
-    loop.filter = lambda samples: []
-    loop.run(PROMPTS, _meta())
-    assert len(loop.trainer.optimizer.state) == 0
+    history = loop.run(PROMPTS, _meta())
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
+    steps = {int(state["step"]) for state in loop.trainer.optimizer.state.values()}
+    assert steps == {history[-1]["train_updates"]}
+    assert loop.trainer.state.global_step == 3 + history[0]["train_updates"] + history[1]["train_updates"]
 
 
 def _accepted(run_dir: Path, round_index: int):
@@ -159,13 +166,33 @@ def _accepted(run_dir: Path, round_index: int):
 
 
 SLOW_SCORER = '''
+import os
 import time
+
+import torch
 
 
 def exact(prompts, completions, answer, **meta):
     """Exact match that takes a while (0.05 s a sample), so a kill lands inside a round, never after the last one."""
     time.sleep(0.05)
     return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+
+# The test's handle on a checkpoint write: with HOLD_CHECKPOINT="<round>:<marker file>", torch.save of
+# the optimizer state into that round's staging folder (after the model's files, before the scheduler,
+# RNG and loop state) completes, then writes the marker and waits to be killed, so the kill lands inside
+# the round checkpoint's write.
+if os.environ.get("HOLD_CHECKPOINT"):
+    held_round, marker = os.environ["HOLD_CHECKPOINT"].split(":", 1)
+    real_save = torch.save
+
+    def save_and_hold(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if str(f).endswith(os.path.join(f".staging-round-{int(held_round):04d}", "optimizer.pt")):
+            open(marker, "w").close()
+            time.sleep(600)
+
+    torch.save = save_and_hold
 '''
 
 
@@ -187,9 +214,9 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
     return path
 
 
-def _run_cli(config: Path, **popen):
+def _run_cli(config: Path, env: dict[str, str] | None = None, **popen):
     python_path = os.pathsep.join([str(config.parent), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "itersft.cli.main", "run", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -209,7 +236,10 @@ def uninterrupted_run(tmp_path_factory, base_dir):
     reference = _run_cli(_write_run_config(directory, base_dir, directory / "run"))
     output, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, output
-    return _comparable(directory / "run")
+    metrics, accepted, weights = _comparable(directory / "run")
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in metrics)
+    assert sorted(p.name for p in (directory / "run" / "rounds").iterdir()) == ["round-0002", "round-0003"]
+    return metrics, accepted, weights
 
 
 @pytest.mark.parametrize("kill_after_round", [0, 2])
@@ -233,27 +263,92 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, base_dir, un
     assert resumed.returncode == 0, output
     assert "Resuming after round" in output
 
-    expected_metrics, expected_accepted, expected_weights = uninterrupted_run
-    metrics, accepted, weights = _comparable(killed_dir)
+    _assert_same_run(_comparable(killed_dir), uninterrupted_run)
+
+
+def _assert_same_run(got, expected):
+    (metrics, accepted, weights), (expected_metrics, expected_accepted, expected_weights) = got, expected
     assert metrics == expected_metrics
     assert accepted == expected_accepted
     for name, tensor in expected_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_kill_inside_a_round_checkpoint_write_then_resume_matches_an_uninterrupted_run(tmp_path, base_dir,
+                                                                                     uninterrupted_run):
+    """SIGKILL while round 1's checkpoint is half written (model files and optimizer state in its staging
+    folder, the rest not yet): nothing partial is ever taken for a round, and the rerun redoes round 1."""
+    killed_dir = tmp_path / "killed"
+    config = _write_run_config(tmp_path, base_dir, killed_dir)
+    marker = tmp_path / "inside-the-write"
+    process = _run_cli(config, env={"HOLD_CHECKPOINT": f"1:{marker}"})
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[0] if process.poll() is not None else "no write was held"
+    staging = killed_dir / "rounds" / ".staging-round-0001"
+    written = {p.name for p in staging.iterdir()}
+    assert {"model.safetensors", "optimizer.pt"} <= written
+    assert not written & {"scheduler.pt", "trainer_state.json", "loop_state.json"}  # the write is not finished
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(p.name for p in (killed_dir / "rounds").iterdir()) == [".staging-round-0001", "round-0000"]
+
+    resumed = _run_cli(config)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "Resuming after round 0" in output
+    assert sorted(p.name for p in (killed_dir / "rounds").iterdir()) == ["round-0002", "round-0003"]
+    _assert_same_run(_comparable(killed_dir), uninterrupted_run)
+
+
+def test_the_installed_console_script_imports_a_scorer_from_the_working_directory(tmp_path, base_dir):
+    """`itersft run` as installed (the venv's script, not `python -m`), from the folder holding the scorer
+    module: the script's own folder is first on its sys.path, so this import once failed."""
+    script = shutil.which("itersft", path=str(Path(sys.executable).parent))
+    assert script is not None, f"no `itersft` script beside {sys.executable}: install the package (`make install`)"
+    config = _write_run_config(tmp_path, base_dir, tmp_path / "run")
+    settings = yaml.safe_load(config.read_text())
+    settings["loop"]["rounds"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if os.environ.get("PYTHONPATH"):  # the source under test (as absolute paths: the cwd changes), nothing else
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+    result = subprocess.run([script, "run", config.name], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["samples_kept"] > 0 and metrics["train_updates"] > 0
+
+
+ALWAYS_RIGHT = '''
+def score(prompts, completions, **meta):
+    """Every completion is right: the toy model cannot add, and the example must still keep and train."""
+    return [1.0] * len(completions)
+'''
+
+
 def test_the_example_config_runs(tmp_path, base_dir):
-    """`itersft run examples/expert_iteration.yaml`, on the toy model, from the repository root."""
+    """`itersft run examples/expert_iteration.yaml`, on the toy model, from the repository root; the scorer
+    is swapped for one that accepts every completion (the toy model cannot add), every other key kept."""
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "run", "examples/expert_iteration.yaml",
+    settings = yaml.safe_load((root / "examples" / "expert_iteration.yaml").read_text())
+    (tmp_path / "always_right.py").write_text(ALWAYS_RIGHT)
+    settings["scorer"] = "always_right:score"
+    config = tmp_path / "example.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "run", str(config),
                              "--model", str(base_dir), "--output-dir", str(tmp_path / "run")],
-                            cwd=root, capture_output=True, text=True, timeout=300)
+                            cwd=root, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round" in result.stdout and "eval acc" in result.stdout
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in metrics)
 
 
 @pytest.mark.parametrize("bad", [{"rounds": True}, {"restart_from_base": 1}, {"labelled_ratio": 1.0},
-                                 {"prompts_per_round": 0}])
+                                 {"prompts_per_round": 0}, {"keep_rounds": 0}, {"resume_changed": "yes"}])
 def test_loop_config_names_each_bad_setting(tmp_path, bad):
     (name,) = bad
     with pytest.raises(ValueError, match=f"Invalid LoopConfig:\n- `{name}`"):

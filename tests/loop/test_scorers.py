@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from itersft.loop.samples import Sample
 from itersft.loop.scoring.code_verifier import code
 from itersft.loop.scoring.math_verifier import math_answer
 from itersft.loop.scoring.pool import ScoringOptions
+from itersft.loop.scoring.report import ScorerFailedError, stop_if_every_sample_failed
 from itersft.loop.scoring.scorers import (
     BUILTIN_SCORERS,
     ScoringReport,
@@ -230,13 +233,59 @@ def test_wrong_length_raises_in_process():
 
 
 @MODES
-def test_invalid_values_become_unscorable(options):
-    values = [1, True, "0.5", float("nan"), float("inf"), None, [1.0], 0.25, {"score": 1.0}]
+def test_nan_and_inf_become_unscorable_and_numbers_of_any_type_score(options):
+    """NaN and inf depend on the sample (a reward model's odd input): unscorable, counted as invalid."""
+    values = [1, True, float("nan"), float("inf"), None, 0.25, np.float32(0.5), torch.tensor(2.0)]
     samples = make([str(i) for i in range(len(values))])
     report = score_samples(lambda prompts, completions, **_: [values[int(c)] for c in completions], samples,
                            options=options)
-    assert [s.score for s in samples] == [1.0, 1.0, None, None, None, None, None, 0.25, None]
-    assert (report.scored, report.unscorable, report.invalid, report.errors) == (3, 6, 5, 0)
+    assert [s.score for s in samples] == [1.0, 1.0, None, None, None, 0.25, 0.5, 2.0]
+    assert (report.scored, report.unscorable, report.invalid, report.errors) == (5, 3, 2, 0)
+
+
+@pytest.mark.parametrize("value", ["0.5", [1.0], {"score": 1.0}, b"1", torch.tensor([1.0, 0.0]), 1j])
+@MODES
+def test_a_value_that_is_not_a_number_is_a_broken_scorer(options, value):
+    """A string, a list or a dict per sample is a bug in the scorer, not an unscorable sample: it raises,
+    naming the scorer, the value and the sample, instead of quietly scoring nothing."""
+    def per_sample(prompts, completions, **_):
+        return [value if c == "bad" else 1.0 for c in completions]
+
+    with pytest.raises(ValueError) as info:
+        score_samples(per_sample, make(["ok", "bad"]), options=options)
+    message = str(info.value)
+    assert message.startswith(f"scorer per_sample returned {value!r} (a {type(value).__name__}) as the score of ")
+    assert "prompt_index=1, sample_index=0" in message
+
+
+@MODES
+def test_the_report_names_the_first_sample_the_scorer_raised_on(options):
+    def picky(prompts, completions, **_):
+        if any(c != "ok" for c in completions):
+            raise KeyError("answer")
+        return [1.0] * len(completions)
+
+    samples = make(["ok", "bad", "worse"])
+    report = score_samples(picky, samples, options=options)
+    assert (report.errors, report.failed, report.first_error, report.first_error_sample) == (
+        2, 2, "KeyError: 'answer'", (1, 0))
+
+
+def test_a_scorer_that_fails_on_every_sample_stops_with_the_first_exception_and_its_sample():
+    report = ScoringReport(unscorable=3, errors=2, timed_out=1, first_error="KeyError: 'answer'",
+                           first_error_sample=(4, 1))
+    with pytest.raises(ScorerFailedError) as info:
+        stop_if_every_sample_failed("exact", report, failed=3, total=3, where="round 2", timeout=30.0)
+    assert str(info.value).startswith(
+        "scorer exact failed on all 3 samples of round 2 (raised, crashed or timed out), so nothing could be kept "
+        "and the run stops rather than train on nothing. The first exception, on the sample with prompt_index=4, "
+        "sample_index=1: KeyError: 'answer'")
+    stop_if_every_sample_failed("exact", report, failed=2, total=3, where="round 2", timeout=30.0)  # one scored
+    stop_if_every_sample_failed("exact", ScoringReport(), failed=0, total=0, where="round 2", timeout=30.0)
+    with pytest.raises(ScorerFailedError, match="of round 0 .*Every sample ran past the 1.5 s timeout"):
+        stop_if_every_sample_failed("slow", ScoringReport(timed_out=2, scored=2), 2, 2, "round 0", 1.5)
+    with pytest.raises(ScorerFailedError, match="This process scored none of them"):  # another rank's samples
+        stop_if_every_sample_failed("exact", ScoringReport(), 2, 2, "round 0", 1.5)
 
 
 @MODES

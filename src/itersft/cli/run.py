@@ -1,7 +1,13 @@
-"""`itersft run CONFIG`: the loop on your model, prompts and scorer. Rerunning resumes."""
+"""`itersft run CONFIG`: the loop on your model, prompts and scorer. Rerunning resumes.
+
+A run config names code that this command imports and runs: a scorer `module:function` is imported
+like any module of a Python script, from the working directory first (as `python -m` would), so run
+only configs you trust.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -14,8 +20,15 @@ from itersft.cli.table import RoundTable
 def main(args) -> int:
     from itersft import IterativeSFTTrainer
     from itersft.loop.expert_iteration import ExpertIteration
+    from itersft.loop.run_dir import check_output_dir
     from itersft.loop.scoring.scorers import resolve_scorer, validate_meta
     from itersft.model_sources import load_tokenizer_from
+
+    # The installed `itersft` script starts with its own folder on sys.path, not the working directory:
+    # put the working directory first, as `python -m itersft.cli.main` does, so `module:function`
+    # scorers beside the config import the same way under both.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch: rank 0 reports
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
@@ -30,6 +43,10 @@ def main(args) -> int:
     sampling = run_config.build_sampling(config)
     training_args = run_config.build_training_args(config)
     loop_config = run_config.build_loop(config)
+    if getattr(args, "resume_changed", False):
+        loop_config = dataclasses.replace(loop_config, resume_changed=True)
+    if main_process:  # before anything loads: a run that could not save its first checkpoint fails now
+        check_output_dir(loop_config.output_dir)
     # Everything that can be checked without the model is checked before it loads: the scorer and the
     # metadata it needs, then (with the tokenizer, which is cheap to load) the prompts' format.
     scorer = resolve_scorer(config["scorer"])
@@ -41,8 +58,9 @@ def main(args) -> int:
     run_config.check_prompt_format(sampling, tokenizer, prompts, eval_prompts, [s.prompt for s in labelled or []])
     trainer = IterativeSFTTrainer(config["model"], training_args, tokenizer=tokenizer,
                                   peft_config=run_config.build_peft(config))
-    loop = ExpertIteration(trainer, sampling, scorer, run_config.build_filter(config), loop_config,
-                           labelled=labelled, callbacks=[SamplingBars(), RoundTable(sys.stdout)])
+    loop = ExpertIteration(trainer, sampling, config["scorer"], run_config.build_filter(config), loop_config,
+                           labelled=labelled, callbacks=[SamplingBars(), RoundTable(sys.stdout)],
+                           sources=run_config.describe_sources(config))
     history = loop.run(prompts, meta, eval_prompts=eval_prompts, eval_meta=eval_meta)
     trainer.end()
     if main_process:

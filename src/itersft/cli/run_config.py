@@ -70,6 +70,18 @@ def build_loop(config: dict[str, Any]) -> LoopConfig:
     return build_dataclass("loop", LoopConfig, config.get("loop"), output_dir=config["output_dir"])
 
 
+def describe_sources(config: dict[str, Any]) -> dict[str, str]:
+    """Where each prompt set was read from, for `run_identity.json` (a file as its absolute path)."""
+    described = {}
+    for section in ("prompts", "eval_prompts", "labelled"):
+        spec = config.get(section)
+        if isinstance(spec, dict):
+            where = str(Path(spec["path"]).resolve()) if "path" in spec else f"dataset {spec.get('dataset')!r}"
+            options = {k: v for k, v in spec.items() if k not in ("path", "dataset")}
+            described[section] = where + (f" {json.dumps(options, sort_keys=True)}" if options else "")
+    return described
+
+
 def build_filter(config: dict[str, Any]):
     """`filters` is a list of one-key mappings, applied in order, e.g. `[{threshold: 1.0}, {dedup: {}}]`."""
     specs = config.get("filters") or [{"threshold": 1.0}]

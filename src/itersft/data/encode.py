@@ -149,7 +149,9 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
 
     Causal: labels default to the input ids; a position whose attention mask is 0 is never a label token,
     given labels or not (`Example.causal`: the mask, not the pad id, decides, so a real EOS equal to the
-    pad token is learned). Seq2seq: `labels` are the targets and are required.
+    pad token is learned). This keeps the window's label-token count (the loss's divisor) equal to the
+    tokens the loss sums over, e.g. for a padded generation batch passed with `labels=input_ids`.
+    Seq2seq: `labels` are the targets and are required.
     """
     if is_encoder_decoder and labels is None:
         raise InputError("A seq2seq model needs targets: pass `labels` (or `texts_labels`, or "

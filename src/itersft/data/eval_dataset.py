@@ -8,6 +8,7 @@ from datasets import Dataset
 
 from itersft.data.encode import ExampleEncoder
 from itersft.data.example import Example
+from itersft.data.user_collator import samples_carry_labels
 from itersft.data.validate import InputError, validate_step_input
 
 # The columns of each text form, in order of precedence, a column it may add, and step()'s names for them.
@@ -18,7 +19,7 @@ _STEP_NAMES = {"prompt": "prompts", "completion": "completions", "messages": "me
 
 
 def tokenize_eval_dataset(dataset, encoder: ExampleEncoder, truncate: Callable[[list[Example]], list[Example]]):
-    """Return `dataset` with `input_ids`/`attention_mask`/`labels` columns.
+    """Return `dataset` with `input_ids`/`attention_mask`/`labels` columns (no `labels` for causal texts).
 
     Already-tokenised datasets (an `input_ids` column) pass through. Text columns are checked and
     tokenised exactly as `step()`'s arguments of the same meaning: `prompt` + `completion`, `messages`,
@@ -39,12 +40,15 @@ def tokenize_eval_dataset(dataset, encoder: ExampleEncoder, truncate: Callable[[
     given = {_STEP_NAMES[column]: list(dataset[column]) for column in form + _OPTIONAL.get(form[0], ())
              if column in columns}
     try:
-        examples = encoder.encode_input(*validate_step_input(given, encoder.is_encoder_decoder, vocab_size=0))
+        form_name, lists = validate_step_input(given, encoder.is_encoder_decoder, vocab_size=0)
     except InputError as error:
         raise InputError(f"`eval_dataset` (columns map to step()'s arguments: {_STEP_NAMES}): {error}") from None
-    examples = truncate(examples)
-    return Dataset.from_dict({
-        "input_ids": [e.input_ids.tolist() for e in examples],
-        "attention_mask": [e.attention_mask.tolist() for e in examples],
-        "labels": [e.labels.tolist() for e in examples],
-    })
+    examples = truncate(encoder.encode_input(form_name, lists))
+    carries_labels = samples_carry_labels(form_name, lists, encoder.is_encoder_decoder)
+    table = {"input_ids": [e.input_ids.tolist() for e in examples],
+             "attention_mask": [e.attention_mask.tolist() for e in examples]}
+    # Causal texts carry no labels of their own (every token is learned), as in `step()`: a user's
+    # collator that makes labels gets rows without them, as from any dataset of texts.
+    if carries_labels:
+        table["labels"] = [e.labels.tolist() for e in examples]
+    return Dataset.from_dict(table)

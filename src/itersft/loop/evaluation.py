@@ -10,7 +10,8 @@ from itersft.distributed import Ranks
 from itersft.loop.metrics import pass_rates
 from itersft.loop.prompts import Prompt
 from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.scoring.pool import ScoringOptions
+from itersft.loop.scoring.pool import ScoringOptions, scorer_name
+from itersft.loop.scoring.report import stop_if_every_sample_failed
 from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples
 
 # Eval draws use their own round indices so they never repeat the training rounds' samples.
@@ -31,7 +32,8 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
     Prompts are strings or chat messages, rendered as `sampling` says (`itersft.loop.prompts`).
     With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
     `lockstep` says the model's parameters are sharded over them (see `Sampler`). `progress(done, total)`
-    reports this rank's sampling progress.
+    reports this rank's sampling progress. A scorer that fails on every held-out sample raises
+    `ScorerFailedError` rather than report an accuracy of 0.0 (see `scoring.report`).
     """
     scorer = resolve_scorer(scorer)
     timed_out = 0
@@ -43,7 +45,13 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
         samples = sampler.sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index, meta=share_meta,
                                  prompt_indices=share, progress=progress)
         nonlocal timed_out
-        timed_out += score_samples(scorer, samples, options=scoring).timed_out
+        report = score_samples(scorer, samples, options=scoring)
+        timed_out += report.timed_out
+        failed, total = ranks.sum([report.failed, len(samples)], ranks.accelerator.device) if ranks else (
+            report.failed, len(samples))
+        when = "before round 0" if round_index < 0 else f"after round {round_index}"
+        stop_if_every_sample_failed(scorer_name(scorer), report, int(failed), int(total),
+                                    f"the held-out evaluation {when}", (scoring or ScoringOptions()).timeout)
         return ranks.gather(samples) if ranks else samples
 
     greedy = draw_and_score(replace(sampling, num_samples=1, temperature=0.0))

@@ -47,100 +47,30 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from itersft.atomic import atomic_directory, write_json_atomic
-from itersft.checks import Problems
+from itersft.atomic import atomic_directory, staging_path, write_json_atomic
 from itersft.data.batching import shuffled
-from itersft.loop.buffer import ReplayBuffer, check_labelled_ratio, mix_with_labelled
+from itersft.loop.buffer import ReplayBuffer, mix_with_labelled
 from itersft.loop.callbacks import LoopCallback
 from itersft.loop.evaluation import evaluate_prompts
+from itersft.loop.full_disk import reporting_full_disk
+from itersft.loop.loop_config import LoopConfig
 from itersft.loop.metrics import round_sample_metrics
 from itersft.loop.prompts import Prompt, PromptRenderer, check_format, check_prompts
 from itersft.loop.run_dir import RunDirectory
+from itersft.loop.run_identity import check_run_identity, describe_run, weights_fingerprint
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.samples import Sample
-from itersft.loop.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
+from itersft.loop.scoring.pool import scorer_name
+from itersft.loop.scoring.report import stop_if_every_sample_failed
 from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
 
+__all__ = ["ExpertIteration", "LoopConfig"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LoopConfig:
-    """How the loop runs.
-
-    Attributes:
-        output_dir: the run directory: round checkpoints, `metrics.jsonl`, `curves.png`, `final/`.
-        rounds: number of generate -> train rounds.
-        prompts_per_round: prompts sampled per round, taken as consecutive fresh slices of the prompt
-            list (wrapping around); None: every prompt every round.
-        train_epochs: passes over a round's training set.
-        step_size: samples per `trainer.step()` call; each call makes
-            ceil(step_size / (batch size x accumulation)) optimizer updates.
-        restart_from_base: train each round from the initial weights (ReST-EM, STaR) on that round's
-            data; sampling still uses the latest model. Implies a fresh optimizer each round. Not with
-            DeepSpeed, whose optimizer keeps its own copy of the weights.
-        reset_optimizer: start each round with a fresh optimizer state and LR schedule (warmup again).
-        buffer_capacity: kept samples remembered across rounds (oldest evicted first); 0: no buffer;
-            None: unbounded.
-        replay_samples: samples drawn from the buffer (earlier rounds) into each round's training set.
-        labelled_ratio: share of each round's training set made of the original labelled data.
-        pass_score: a sample is correct when its score is at least this (pass@k, accuracy).
-        eval_samples: k for held-out pass@k; 0: greedy accuracy only.
-        fail_fast: let a scorer's exception stop the loop instead of marking the sample unscorable.
-        score_timeout: seconds one sample's scoring may take; past it the scoring worker is killed and
-            the sample scores 0.0 (counted as `samples_timed_out`). None only with `score_in_process`.
-        score_workers: scoring worker processes; None: the CPUs available, at most 8.
-        score_in_process: call the scorer on the whole batch in this process (GPU reward models,
-            batching scorers) with NO timeout: a hanging scorer hangs the run, a crashing one ends it.
-            Needs `score_timeout=None` and `score_workers=None`.
-        seed: seeds the loop's own choices: the order of each round's training samples, the buffer's
-            draws and the labelled mix (see the module docstring for every seed).
-    """
-
-    output_dir: str
-    rounds: int = 4
-    prompts_per_round: int | None = None
-    train_epochs: int = 1
-    step_size: int = 64
-    restart_from_base: bool = False
-    reset_optimizer: bool = False
-    buffer_capacity: int | None = 0
-    replay_samples: int = 0
-    labelled_ratio: float = 0.0
-    pass_score: float = 1.0
-    eval_samples: int = 0
-    fail_fast: bool = False
-    score_timeout: float | None = DEFAULT_TIMEOUT
-    score_workers: int | None = None
-    score_in_process: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        problems = Problems("LoopConfig")
-        for name in ("rounds", "train_epochs", "step_size"):
-            problems.integer(name, getattr(self, name), minimum=1)
-        for name in ("replay_samples", "eval_samples"):
-            problems.integer(name, getattr(self, name), minimum=0)
-        problems.integer("prompts_per_round", self.prompts_per_round, minimum=1, optional=True)
-        problems.integer("buffer_capacity", self.buffer_capacity, minimum=0, optional=True)
-        problems.integer("seed", self.seed)
-        for name in ("restart_from_base", "reset_optimizer", "fail_fast"):
-            problems.boolean(name, getattr(self, name))
-        problems.number("pass_score", self.pass_score)
-        check_labelled_ratio(self.labelled_ratio, problems)
-        if self.replay_samples and self.buffer_capacity == 0:
-            problems.add("`replay_samples` > 0 needs a buffer: set `buffer_capacity` (None = unbounded).")
-        check_scoring_options(self.score_timeout, self.score_workers, self.score_in_process, problems, "score_")
-        problems.raise_if_any()
-
-    @property
-    def scoring(self) -> ScoringOptions:
-        """How the scorer runs (`score_timeout`, `score_workers`, `score_in_process`)."""
-        return ScoringOptions(self.score_timeout, self.score_workers, self.score_in_process)
 
 
 class ExpertIteration:
@@ -158,19 +88,28 @@ class ExpertIteration:
             `config.labelled_ratio`. Their prompts go through the chat template as sampled prompts do
             (a labelled sample with `messages` already set keeps them).
         callbacks: `LoopCallback`s, called on the main process (progress, per-round metrics).
+        sources: where the prompts came from, e.g. `{"prompts": "data/train.jsonl"}`: recorded in
+            `run_identity.json` for whoever reads it, never compared (the prompts' hash is).
+
+    Built, it has checked that `config.output_dir` is writable and fingerprinted the model's weights
+    for the run's identity (`run_identity`), before any resume loads a checkpoint into them.
     """
 
     def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str, filter, config: LoopConfig,
-                 labelled: list[Sample] | None = None, callbacks: list[LoopCallback] | None = None):
+                 labelled: list[Sample] | None = None, callbacks: list[LoopCallback] | None = None,
+                 sources: dict[str, str] | None = None):
         if config.restart_from_base and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError("`restart_from_base` does not work under DeepSpeed: its ZeRO optimizer keeps its own "
                              "float32 copy of the weights, which loading the base weights would not reset (the next "
                              "update would bring the trained weights back). Use DDP or FSDP2, or turn it off.")
         if config.labelled_ratio > 0 and not labelled:
             raise ValueError("`labelled_ratio` > 0 needs `labelled` samples to mix in.")
+        self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)  # writable, or raise
         self.trainer = trainer
         self.sampling = sampling
         self.scorer = resolve_scorer(scorer)
+        self._scorer_spec = scorer  # a name or import path stays one in the run's identity
+        self.sources = dict(sources or {})
         if config.score_in_process:
             logger.warning("score_in_process: the scorer runs in this process with no timeout; a scorer that hangs "
                            "hangs the run and one that crashes ends it.")
@@ -178,11 +117,11 @@ class ExpertIteration:
         self.config = config
         self.labelled = list(labelled or [])
         self.callbacks = list(callbacks or []) if trainer.is_world_process_zero() else []
-        self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)
         self.buffer = ReplayBuffer(config.buffer_capacity, seed=config.seed) if config.buffer_capacity != 0 else None
         # The initial weights, kept on CPU for `restart_from_base` (taken before any resume).
         self._base_state = ({k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
                             if config.restart_from_base else None)
+        self._weights = weights_fingerprint(trainer)
 
     def run(self, prompts: list[Prompt], meta: list[dict] | None = None, eval_prompts: list[Prompt] | None = None,
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
@@ -191,7 +130,10 @@ class ExpertIteration:
         A prompt is a string or chat messages (see `itersft.loop.prompts`). `meta[i]` is passed to the
         scorer with prompt i (e.g. `{"answer": "42"}`). Every prompt, and the metadata the scorer needs
         (`validate_meta`), is checked before anything is sampled. Rerunning the same call after an
-        interruption resumes after the last complete round. At the end `final/` holds the model and
+        interruption resumes after the last complete round, unless the run's identity changed
+        (`run_identity`: a ValueError names every changed field; `LoopConfig.resume_changed` resumes
+        anyway). A round whose scorer fails on every sample stops the run (`ScorerFailedError`), and a
+        full disk is reported as `OSError(ENOSPC)`: rerun once space is freed. At the end `final/` holds the model and
         tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which fires
         `on_train_end` as `Trainer.train` does; trackers flush).
         """
@@ -205,6 +147,12 @@ class ExpertIteration:
         if eval_prompts:
             validate_meta(self.scorer, eval_meta, len(eval_prompts), "eval_meta")
         self._prepare_prompts(prompts, eval_prompts)
+        identity = describe_run(self.trainer, self._weights, self._scorer_spec, self.filter, self.sampling,
+                                self.config, prompts, meta, eval_prompts, eval_meta, self.labelled)
+        latest = self.run_dir.latest_round_dir()
+        resuming_after = _read_json(latest / "loop_state.json")["round"] if latest is not None else None
+        check_run_identity(self.run_dir.root, identity, resuming_after, self.config.resume_changed,
+                           self.trainer.args.should_save, self.sources)
         state = self._resume()
         if state is None:
             state = {"round": -1, "history": [], "initial": {}}
@@ -217,7 +165,9 @@ class ExpertIteration:
             for callback in self.callbacks:
                 callback.on_round_end(metrics)
         self._save_final()
-        self.run_dir.write_summary(state)
+        with reporting_full_disk(self.run_dir.root, "the run summary (loop_summary.json, curves.png)",
+                                 then="rerun the same command: only `final/` and the summary are written again"):
+            self.run_dir.write_summary(state)
         self.trainer.finish_run()
         for callback in self.callbacks:
             callback.on_run_end(state["history"])
@@ -255,6 +205,8 @@ class ExpertIteration:
         report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast, options=self.config.scoring)
         drawn = ranks.gather(local)
         scorer_errors, timed_out = ranks.sum([report.errors, report.timed_out], trainer.args.device)
+        stop_if_every_sample_failed(scorer_name(self.scorer), report, int(scorer_errors + timed_out), len(drawn),
+                                    f"round {round_index}", self.config.score_timeout)
         kept = self.filter(drawn)
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
         finished = [s for s in kept if s.finished]
@@ -263,7 +215,9 @@ class ExpertIteration:
                        samples_timed_out=int(timed_out),
                        sampling_seconds=sampling_seconds,
                        sampling_tokens_per_second=generated_tokens / max(sampling_seconds, 1e-9))
-        self.run_dir.write_accepted(round_index, finished)
+        with reporting_full_disk(self.run_dir.root / "accepted", f"the samples kept in round {round_index}",
+                                 then=_resume_hint(round_index - 1)):
+            self.run_dir.write_accepted(round_index, finished)
 
         replayed = self.buffer.draw(self.config.replay_samples, round_index) if self.config.replay_samples else []
         if self.buffer is not None:
@@ -346,17 +300,24 @@ class ExpertIteration:
                 write_json_atomic(staging / "buffer.json", self.buffer.state_dict())
             write_json_atomic(staging / "loop_config.json", asdict(self.config))
 
-        self.trainer.save_checkpoint(self.run_dir.round_dir(round_index), extra=add_loop_state)
-        self.run_dir.write_metrics(state["history"])
+        directory = self.run_dir.round_dir(round_index)
+        with reporting_full_disk(directory, f"the round {round_index} checkpoint", staging_path(directory),
+                                 self.run_dir.is_main, then=_resume_hint(round_index - 1)):
+            self.trainer.save_checkpoint(directory, extra=add_loop_state)
+        for pruned in self.run_dir.prune_rounds(self.config.keep_rounds):
+            logger.info("deleted %s (keep_rounds=%s)", pruned.name, self.config.keep_rounds)
+        with reporting_full_disk(self.run_dir.root / "metrics.jsonl", "the metrics", then=_resume_hint(round_index)):
+            self.run_dir.write_metrics(state["history"])
 
     def _save_final(self) -> None:
         """`final/`: the model (or adapters) and tokenizer, loadable with `from_pretrained`, written atomically."""
-        trainer = self.trainer
-        with atomic_directory(self.run_dir.final_dir, trainer.args.should_save,
-                              trainer.accelerator.wait_for_everyone) as staging:
-            trainer.save_model(str(staging))
-            if trainer.args.should_save:
-                trainer.processing_class.save_pretrained(str(staging))
+        trainer, final = self.trainer, self.run_dir.final_dir
+        with reporting_full_disk(final, "the final model", staging_path(final), trainer.args.should_save,
+                                 then="rerun the same command: only `final/` is written again"):
+            with atomic_directory(final, trainer.args.should_save, trainer.accelerator.wait_for_everyone) as staging:
+                trainer.save_model(str(staging))
+                if trainer.args.should_save:
+                    trainer.processing_class.save_pretrained(str(staging))
 
     def _resume(self) -> dict[str, Any] | None:
         """Load the last complete round, if any; None for a fresh run."""
@@ -385,6 +346,11 @@ def _step_inputs(samples: list[Sample]) -> dict[str, list]:
     if samples and samples[0].messages is not None:
         return {"messages": [s.training_conversation() for s in samples]}
     return {"prompts": [s.prompt for s in samples], "completions": [s.completion for s in samples]}
+
+
+def _resume_hint(last_complete_round: int) -> str:
+    return ("rerun the same command: the run resumes after round " + str(last_complete_round)
+            if last_complete_round >= 0 else "rerun the same command: the run starts again at round 0")
 
 
 def _read_json(path: Path):

@@ -8,8 +8,8 @@ differently per engine, so the update itself reads the same for all of them:
 * **backward**: DeepSpeed must not divide the loss by its accumulation steps: a window may be shorter,
   and the loss is already normalised by the window's token count.
 * **clip, step, clear**: DeepSpeed clips, steps and clears inside the last backward of a window; the
-  others do it here, clearing gradients through the optimizer (`optimizer.zero_grad`, as TRL did, so
-  code that patches it keeps working) and then any trainable parameter the optimizer does not hold.
+  others do it here. Every engine clears through the optimizer (`optimizer.zero_grad()`, as TRL did,
+  so code that patches it keeps working), then any trainable parameter the optimizer does not hold.
 
 DeepSpeed's config must not bring its own `optimizer` or `scheduler`: the trainer's optimizer (a torch
 optimizer, or the one given in `optimizers`) runs inside DeepSpeed's ZeRO wrapper, and the trainer
@@ -84,12 +84,15 @@ class Engine:
             optimizer.step()
 
     def clear_gradients(self, optimizer) -> None:
-        """Drop every pending gradient: through the optimizer, then those of trainable parameters it does not
-        hold (which would otherwise pile up across updates and inflate the clipping norm). DeepSpeed's engine
-        clears its own when it steps, or skips a non-finite step."""
+        """Drop every pending gradient: through `optimizer.zero_grad()` (looked up on every call, called
+        without arguments, so a replacement the user installed runs as TRL's trainer ran it), then those
+        of trainable parameters the optimizer does not hold (which would otherwise pile up across updates
+        and inflate the clipping norm). Under DeepSpeed the wrapper's `zero_grad` does nothing: the
+        engine clears its partitioned gradients itself when it steps or skips a non-finite step.
+        """
+        optimizer.zero_grad()
         if self.deepspeed:
             return
-        optimizer.zero_grad(set_to_none=True)
         for parameter in self._unheld:
             parameter.grad = None
 

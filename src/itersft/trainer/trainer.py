@@ -16,7 +16,8 @@ then hand over whatever survived. Each call trains on exactly the samples given:
 It subclasses `transformers.Trainer`, so callbacks, `report_to`, `evaluate()`, `save_model()` and
 `push_to_hub()` work as usual. `train()` does not apply: training data arrives through `step()`.
 The parts live beside this module: `setup` (what the constructor was given), `model_facts` (what the
-model allows), `engine` (DDP/FSDP2/DeepSpeed), `loss`, `evaluation`, `checkpoint`, `stats`.
+model allows), `windows` and `update` (one update), `engine` (DDP/FSDP2/DeepSpeed), `loss`, `hooks`
+(the user's `data_collator`, `compute_loss` and `training_step`), `evaluation`, `checkpoint`, `stats`.
 """
 
 from __future__ import annotations
@@ -30,20 +31,21 @@ from typing import Any
 import torch
 from accelerate.utils.memory import clear_device_cache
 from transformers import Trainer, TrainingArguments
-from transformers.optimization import get_scheduler
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints, set_seed
 
 from itersft.config import setting
-from itersft.data.batching import accumulation_windows, count_micro_batches, lay_out_window, shuffled
+from itersft.data.batching import shuffled
 from itersft.data.collate import ExampleCollator, collate
 from itersft.data.encode import ExampleEncoder
 from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
 from itersft.data.truncate import truncate_example
+from itersft.data.user_collator import check_collator, samples_carry_labels
 from itersft.data.validate import validate_step_input
 from itersft.distributed import Ranks
 from itersft.trainer import checkpoint as checkpoints
+from itersft.trainer import hooks, optimization
 from itersft.trainer.engine import Engine
 from itersft.trainer.evaluation import token_mean_loss
 from itersft.trainer.guard import UpdateGuard
@@ -63,11 +65,9 @@ from itersft.trainer.setup import (
 )
 from itersft.trainer.stats import StepStats
 from itersft.trainer.update import run_update
+from itersft.trainer.windows import plan_windows
 
 logger = logging.getLogger(__name__)
-
-# `state.max_steps` when no horizon is set: large enough that DefaultFlowCallback never ends training.
-NO_HORIZON = 2**62
 
 
 class IterativeSFTTrainer(Trainer):
@@ -81,7 +81,9 @@ class IterativeSFTTrainer(Trainer):
             the tokenizer.
         tokenizer: tokenizer or processor; loaded from the model's name when not given. Never modified.
         optimizers: `(optimizer, lr_scheduler)`; either may be None to get the default.
-        data_collator: collator for `evaluate()` (`step()` batches its own samples).
+        data_collator: builds every micro-batch of `step()` and of `evaluate()` from per-sample dicts of
+            `input_ids`, `attention_mask` (and `labels` when the samples carry their own), and the loss
+            follows the `labels` it returns. None: the trainer pads (`batching` may also pack). See `hooks`.
         eval_dataset: a `datasets.Dataset` (or dict of them) with `input_ids` (and optionally
             `attention_mask`, `labels`), or with text columns: `text` (+ `text_label` for seq2seq),
             `prompt` + `completion`, or `messages`; text columns are tokenised as `step()` would.
@@ -92,7 +94,17 @@ class IterativeSFTTrainer(Trainer):
         processing_class: TRL 0.23's name for `tokenizer`; give one or the other.
         peft_config: a `peft` config; the model is wrapped and only the adapters train.
         callbacks: extra `TrainerCallback`s; their step hooks fire once per optimizer update.
+
+    A subclass may override `compute_loss` and `training_step`, as for `transformers.Trainer`; `step()`
+    calls them for every micro-batch (the contract is in `itersft.trainer.hooks`).
     """
+
+    # transformers' hooks, with its signatures, called for every micro-batch of `step()` (see `hooks`). Our
+    # `compute_loss` divides by `num_items_in_batch` (the window's label tokens over all ranks): a subclass
+    # whose loss is a per-micro-batch mean sets `loss_is_scaled_for_ga = False` (None: as transformers decides).
+    training_step = hooks.training_step
+    compute_loss = hooks.compute_loss
+    loss_is_scaled_for_ga: bool | None = True
 
     def __init__(
         self,
@@ -146,6 +158,7 @@ class IterativeSFTTrainer(Trainer):
         self.encoder = ExampleEncoder(self.tokenizer, self.is_encoder_decoder, self.settings.add_eos_token)
         self.pad_token_id = choose_pad_token_id(self.tokenizer, model)
         self.rows_collator = ExampleCollator(self.pad_token_id, self.is_encoder_decoder)
+        self.user_collator = check_collator(data_collator, self.settings.batching)
         if eval_dataset is not None:
             eval_dataset = tokenize_eval_dataset(eval_dataset, self.encoder, self._truncate)
 
@@ -172,45 +185,12 @@ class IterativeSFTTrainer(Trainer):
                 "On CPU pass `use_cpu=True` in the config (or launch with `accelerate launch --cpu`)."
             )
         self.engine = Engine(self.accelerator, self.is_deepspeed_enabled, self.is_fsdp_enabled)
-        self._prepare_optimization()
+        optimization.prepare_optimization(self)
         self.summed_loss = SummedLoss(self.model, self.facts, self.accelerator.autocast)
         # DeepSpeed steps inside backward on its own float32 master weights: nothing here could undo that.
         self.guard = None if self.is_deepspeed_enabled else UpdateGuard(self.optimizer, self.settings.guard_updates)
 
     # ---- set-up -------------------------------------------------------------------------------
-
-    def _prepare_optimization(self) -> None:
-        """Create the optimizer and LR schedule now (so `trainer.optimizer` exists) and hand them to the engine.
-
-        With `max_steps` set the configured schedule runs over that horizon; unset, the LR is constant
-        after warmup (TRL 0.23 decayed to zero over a zero-length horizon, so nothing trained).
-        """
-        args = self.args
-        self.state.max_steps = args.max_steps if args.max_steps > 0 else NO_HORIZON
-        self.state.compute_steps(args, self.state.max_steps)
-        self.state.train_batch_size = args.per_device_train_batch_size
-        if self.optimizer is None:
-            self.create_optimizer()
-        self.model_wrapped, self.optimizer = self.engine.prepare(self.model, self.optimizer, args)
-        if self.is_deepspeed_enabled:
-            self.deepspeed = self.model_wrapped  # the engine; transformers' saving code reads it here
-        if self.is_fsdp_enabled:  # the sharded module is the model from now on (saving and loading expect it)
-            self.model = self.model_wrapped
-        if self.lr_scheduler is None:
-            self._create_schedule()
-        for name in ("model", "optimizer", "lr_scheduler"):
-            setattr(self.callback_handler, name, getattr(self, name))
-
-    def _create_schedule(self) -> None:
-        args = self.args
-        if args.max_steps > 0:
-            self.create_scheduler(num_training_steps=args.max_steps, optimizer=self.optimizer)
-            return
-        if args.lr_scheduler_type not in ("linear", "constant", "constant_with_warmup"):
-            logger.warning("`lr_scheduler_type`=%s needs a horizon: set `max_steps`. Using a constant LR after "
-                           "warmup.", args.lr_scheduler_type)
-        self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
-                                          num_warmup_steps=int(args.warmup_steps))
 
     @property
     def shards_parameters(self) -> bool:
@@ -225,12 +205,7 @@ class IterativeSFTTrainer(Trainer):
         For loops that start each round with a fresh optimizer, a common choice when the data
         distribution shifts between rounds. `global_step` keeps counting.
         """
-        self.optimizer.state.clear()
-        for group in self.optimizer.param_groups:
-            group["lr"] = group.get("initial_lr", group["lr"])
-        self.lr_scheduler = None
-        self._create_schedule()
-        self.callback_handler.lr_scheduler = self.lr_scheduler
+        optimization.reset_optimizer(self)
 
     def train(self, *args, **kwargs):
         """Not supported: an iterative trainer receives its data through `step()`."""
@@ -261,10 +236,10 @@ class IterativeSFTTrainer(Trainer):
         (chat conversations; loss on assistant turns only).
 
         Returns a dict: `loss` (mean token loss of the updates taken), `learning_rate`, `grad_norm`
-        (mean pre-clip norm), `updates`, `skipped_updates` (non-finite loss or gradient),
-        `samples`, `skipped_samples` (no label token), `trained_tokens`, `real_tokens` (non-padding
-        tokens processed), `padded_tokens` (including padding), `step_time`, `tokens_per_second`,
-        `global_step`.
+        (mean pre-clip norm), `updates`, `skipped_updates` (non-finite loss or gradient, or no label
+        token left by the collator), `samples`, `skipped_samples` (no label token; none with a
+        `data_collator`, which decides the labels), `trained_tokens`, `real_tokens` (non-padding tokens
+        processed), `padded_tokens` (including padding), `step_time`, `tokens_per_second`, `global_step`.
         """
         stats = StepStats()
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "texts": texts,
@@ -273,7 +248,9 @@ class IterativeSFTTrainer(Trainer):
         form, lists = validate_step_input(given, self.is_encoder_decoder, self.facts.vocab_size,
                                           allow_empty=self.ranks.is_distributed)
         examples = self._truncate(self.encoder.encode_input(form, lists))
-        trainable = [e for e in examples if e.num_loss_tokens(shifted=not self.is_encoder_decoder) > 0]
+        # A user's collator decides the labels, so no sample is dropped for lacking any beforehand.
+        trainable = [e for e in examples if self.user_collator is not None
+                     or e.num_loss_tokens(shifted=not self.is_encoder_decoder) > 0]
         stats.samples, stats.skipped_samples = len(trainable), len(examples) - len(trainable)
         if stats.skipped_samples:
             logger.warning("step(): skipped %d of %d samples with no label token left to learn (all -100, "
@@ -285,8 +262,11 @@ class IterativeSFTTrainer(Trainer):
             self._callbacks_started = True
         self.model_wrapped.train()
         pending = {"should_log": False, "should_evaluate": False, "should_save": False}
-        for window, window_tokens in self._windows(trainable):
-            run_update(self, window, window_tokens, stats)
+        # Looked up on every call, so that an override set on the instance after construction counts too.
+        overridden = hooks.overridden(self, IterativeSFTTrainer)
+        carries_labels = samples_carry_labels(form, lists, self.is_encoder_decoder)
+        for window, window_tokens in plan_windows(self, trainable, carries_labels, overridden):
+            run_update(self, window, window_tokens, stats, hooks.micro_step(self, overridden))
             for flag in pending:
                 pending[flag] = pending[flag] or getattr(self.control, flag)
         stats.samples, stats.skipped_samples, stats.real_tokens, stats.padded_tokens = (int(v) for v in self.ranks.sum(
@@ -309,25 +289,6 @@ class IterativeSFTTrainer(Trainer):
                 logger.warning("%d sample(s) are longer than the model's %d positions: cut to %d tokens (%s). "
                                "Set `max_length` to choose the length yourself.", over, limit, limit, mode)
         return [truncate_example(e, limit, mode, self.is_encoder_decoder) for e in examples]
-
-    def _windows(self, examples: list[Example]) -> list[tuple[list[tuple[list[Example], bool]], int]]:
-        """Accumulation windows of this rank's examples as they run (micro-batches, each with whether it is
-        packed), each with its label-token count over all ranks.
-
-        Ranks agree on the number of micro-batches before any collective (a rank with fewer samples
-        runs empty micro-batches), and every window's token count is summed over ranks in one
-        all-reduce: each rank then divides its summed loss by the same global count, so every token
-        of every rank weighs the same however the samples are spread.
-        """
-        args, shift = self.args, not self.is_encoder_decoder
-        num_micro_batches = self.ranks.max(count_micro_batches(len(examples), args.per_device_train_batch_size),
-                                           args.device)
-        windows = accumulation_windows(examples, args.per_device_train_batch_size, args.gradient_accumulation_steps,
-                                       num_micro_batches)
-        local = [sum(e.num_loss_tokens(shift) for batch in window for e in batch) for window in windows]
-        laid_out = [lay_out_window(window, self.settings.batching, self.facts.packs, self.facts.hidden_size,
-                                   self.facts.flash_attention) for window in windows]
-        return list(zip(laid_out, (int(tokens) for tokens in self.ranks.sum(local, args.device))))
 
     def device_batch(self, examples: list[Example], packed: bool = False) -> dict[str, torch.Tensor]:
         """Collate on the host and move to the device; causal label positions are found on the host,
@@ -364,9 +325,10 @@ class IterativeSFTTrainer(Trainer):
                         metric_key_prefix="eval"):
         """`Trainer.evaluation_loop` for predictions and `compute_metrics`; `{prefix}_loss` is the mean over
         every label token of the dataset (`evaluation.token_mean_loss`)."""
+        loss = token_mean_loss(self, dataloader.dataset, hooks.overridden(self, IterativeSFTTrainer))
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
-        output.metrics[f"{metric_key_prefix}_loss"] = token_mean_loss(self, dataloader.dataset)
+        output.metrics[f"{metric_key_prefix}_loss"] = loss
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

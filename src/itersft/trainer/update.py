@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,16 +35,25 @@ logger = logging.getLogger(__name__)
 _CHECKED_HYPERPARAMETERS = ("lr", "weight_decay", "eps")
 
 
-def run_update(trainer, window: list[tuple[list[Example], bool]], window_tokens: int, stats: StepStats) -> None:
-    """Forward/backward every micro-batch of `window` (each with whether it is packed), then one update.
+def run_update(trainer, window: list[tuple[list[Example], Any]], window_tokens: int, stats: StepStats,
+               micro_step: Callable | None = None) -> None:
+    """Forward/backward every micro-batch of `window`, then one update.
 
-    `window_tokens` counts the window's label tokens over all ranks. Callback hooks fire as in
-    `Trainer.train`: `on_step_begin`, `on_substep_end` after each micro-batch but the last,
-    `on_pre_optimizer_step`, `on_optimizer_step`, `on_step_end`.
+    A micro-batch is `(examples, how)`: `how` is whether it is packed for `default_micro_step`, or the
+    collated batch for the hooks' micro-steps (`trainer.hooks`). `window_tokens` counts the window's label
+    tokens over all ranks; a window with none (a collator masked every label) is skipped before any
+    forward, on every rank alike. Callback hooks fire as in `Trainer.train`: `on_step_begin`,
+    `on_substep_end` after each micro-batch but the last, `on_pre_optimizer_step`, `on_optimizer_step`,
+    `on_step_end`; gradients are cleared after `on_optimizer_step`, so a callback there still sees them.
     """
+    if window_tokens == 0:
+        stats.skipped_updates += 1
+        logger.warning("step(): skipped an optimizer update: its samples hold no label token (-100 everywhere "
+                       "after the data collator), on any rank.")
+        return
     random_state = _random_state()
     try:
-        loss_sum, grad_norm = _accumulate(trainer, window, window_tokens, stats)
+        loss_sum, grad_norm = _accumulate(trainer, window, window_tokens, stats, micro_step or default_micro_step)
         _step(trainer, loss_sum, grad_norm, window_tokens, stats)
     except BaseException:
         trainer.engine.clear_gradients(trainer.optimizer)
@@ -50,27 +61,21 @@ def run_update(trainer, window: list[tuple[list[Example], bool]], window_tokens:
         raise
 
 
-def _accumulate(trainer, window, window_tokens: int, stats: StepStats) -> tuple[float, float]:
+def _accumulate(trainer, window, window_tokens: int, stats: StepStats, micro_step: Callable) -> tuple[float, float]:
     """Forward and backward over the window's micro-batches; returns (summed loss over ranks, grad norm)."""
     args, engine = trainer.args, trainer.engine
     model = trainer.model_wrapped
-    scale = trainer.ranks.world_size / window_tokens
+    # transformers' name for the window's micro-batch count, read by code ported from its `training_step`.
+    trainer.current_gradient_accumulation_steps = len(window)
     trainer.control = trainer.callback_handler.on_step_begin(args, trainer.state, trainer.control)
     loss_sum = torch.zeros((), device=args.device)
-    for index, (examples, packed) in enumerate(window):
+    for index, (examples, how) in enumerate(window):
         last = index == len(window) - 1
-        if not examples:  # this rank ran out of samples: take part in the gradient sync, weightless
-            with engine.accumulating(model, last):
+        with engine.accumulating(model, last):
+            if examples:
+                loss_sum += micro_step(trainer, model, examples, how, window_tokens, stats)
+            else:  # this rank ran out of samples: take part in the gradient sync, weightless
                 engine.backward(trainer.weightless_loss(model))
-            continue
-        batch = trainer.device_batch(examples, packed)
-        stats.real_tokens += sum(e.num_real_tokens(trainer.is_encoder_decoder) for e in examples)
-        stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if trainer.is_encoder_decoder
-                                                             else 0)
-        with engine.accumulating(model, last), trainer.compute_loss_context_manager():
-            loss = trainer.summed_loss(model, batch)
-            engine.backward(loss * scale)
-        loss_sum += loss.detach()
         if not last:
             trainer.control = trainer.callback_handler.on_substep_end(args, trainer.state, trainer.control)
     grad_norm = engine.clip_grad_norm(model, args.max_grad_norm)
@@ -78,6 +83,20 @@ def _accumulate(trainer, window, window_tokens: int, stats: StepStats) -> tuple[
         loss_sum = trainer.accelerator.reduce(loss_sum, reduction="sum")
     loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
     return loss_value, norm_value
+
+
+def default_micro_step(trainer, model, examples: list[Example], packed: bool, window_tokens: int,
+                       stats: StepStats) -> torch.Tensor:
+    """One micro-batch without collator or overrides: collated here, its summed token loss scaled by
+    world size / the window's tokens and back-propagated. Returns the detached summed loss."""
+    batch = trainer.device_batch(examples, packed)
+    stats.real_tokens += sum(e.num_real_tokens(trainer.is_encoder_decoder) for e in examples)
+    stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if trainer.is_encoder_decoder
+                                                         else 0)
+    with trainer.compute_loss_context_manager():
+        loss = trainer.summed_loss(model, batch)
+        trainer.engine.backward(loss * (trainer.ranks.world_size / window_tokens))
+    return loss.detach()
 
 
 def _step(trainer, loss_value: float, norm_value: float, window_tokens: int, stats: StepStats) -> None:

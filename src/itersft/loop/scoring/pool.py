@@ -131,16 +131,25 @@ def check_output(result: Any, expected: int, name: str) -> list[Any]:
     return list(result)
 
 
-def to_score(value: Any) -> tuple[float | None, bool]:
-    """(score, valid): None stays None; a finite number becomes a float; anything else is invalid."""
+def to_score(value: Any, name: str, sample: str = "a sample") -> tuple[float | None, bool]:
+    """(score, valid): None stays None; a finite number becomes a float; NaN and inf are invalid (the
+    sample is unscorable: a reward model may give NaN on one odd input, which says nothing about the
+    scorer). Anything else (a string, a dict, a list per sample, a multi-element tensor) is a bug in the
+    scorer named `name`: ScorerOutputError, naming `sample`. Bools are numbers (True scores 1.0), as
+    are numpy scalars and one-element tensors."""
     if value is None:
         return None, True
-    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__float__"):
-        return None, False
-    try:
-        number = float(value)
-    except (TypeError, ValueError, RuntimeError):  # RuntimeError: e.g. a multi-element tensor
-        return None, False
+    number = None
+    if not isinstance(value, str | bytes | Mapping) and hasattr(value, "__float__"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: e.g. a multi-element tensor
+            pass
+    if number is None:
+        shown = repr(value)
+        shown = shown if len(shown) <= 200 else shown[:197] + "..."
+        raise ScorerOutputError(f"scorer {name} returned {shown} (a {type(value).__name__}) as the score of {sample}; "
+                                "a score must be a number (or None for a sample it cannot score)")
     if not math.isfinite(number):
         return None, False
     return number, True
@@ -329,9 +338,9 @@ def _score_one(scorer: Callable, name: str, args: tuple, kwargs: dict) -> tuple[
         return "error", None, _describe(exc)
     try:
         (value,) = check_output(result, 1, name)
+        score, valid = to_score(value, name)
     except ScorerOutputError as exc:
         return "output_error", None, str(exc)
-    score, valid = to_score(value)
     return ("ok" if valid else "invalid"), score, None
 
 

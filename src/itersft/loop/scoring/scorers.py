@@ -21,8 +21,10 @@ process instead (GPU reward models), with no timeout; one sample that makes it r
 away a round of generation, so a failing batch call is retried one sample at a time and only the
 samples that still raise become unscorable. `fail_fast=True` raises instead, while debugging a scorer.
 Returned values are validated: a result that is not one value per completion (wrong length, a dict,
-a set, a string) is a bug in the scorer and raises; a non-number, NaN or inf marks that sample
-unscorable. `validate_meta` checks a dataset's metadata against a scorer before any model loads.
+a set, a string), or a value that is not a number (a string, a dict, a list per sample), is a bug in
+the scorer and raises `ScorerOutputError` naming the scorer and the value; NaN or inf marks that sample
+unscorable. A scorer that fails on every sample is reported by `report.stop_if_every_sample_failed`.
+`validate_meta` checks a dataset's metadata against a scorer before any model loads.
 Not here: async scoring, caching.
 """
 
@@ -33,7 +35,6 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from itersft.loop.samples import Sample
@@ -48,6 +49,10 @@ from itersft.loop.scoring.pool import (
     scorer_name,
     to_score,
 )
+from itersft.loop.scoring.report import ScoringReport
+
+__all__ = ["BUILTIN_SCORERS", "Scorer", "ScoringReport", "exact_match", "numeric", "numeric_answer", "regex_match",
+           "resolve_scorer", "score_samples", "validate_meta", "extract_number"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,24 +236,6 @@ def validate_meta(scorer: Scorer | str, meta: Sequence[Mapping[str, Any]] | None
                          f"({len(problems)} problem(s)):\n- {shown}")
 
 
-@dataclass
-class ScoringReport:
-    """What happened when a batch was scored.
-
-    `scored + unscorable` is the number of samples. `errors` (the scorer raised on the sample, or its
-    worker process died) and `invalid` (it returned a non-number, NaN or inf) are both counted inside
-    `unscorable`, as are explicit None returns. `timed_out` samples ran past the timeout and score
-    0.0, so they count inside `scored`. `first_error` is the first error's message, for the log line.
-    """
-
-    scored: int = 0
-    unscorable: int = 0
-    errors: int = 0
-    invalid: int = 0
-    first_error: str | None = None
-    timed_out: int = 0
-
-
 def _meta_keys(samples: Sequence[Sample]) -> list[str]:
     keys: dict[str, None] = {}
     for sample in samples:
@@ -273,8 +260,8 @@ def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False
     (samples that still raise are unscorable, counted in `errors`). Meta keys missing from some
     samples are passed as None for those samples. With `fail_fast=True` an error is raised instead,
     as a RuntimeError naming the scorer and the first sample that fails alone (timeouts still score
-    0.0). An output that is not one value per completion (`ScorerOutputError`, a ValueError) always
-    raises.
+    0.0). An output that is not one number (or None) per completion (`ScorerOutputError`, a
+    ValueError) always raises, naming the sample.
     """
     options = options or ScoringOptions()
     name = scorer_name(scorer)
@@ -288,7 +275,8 @@ def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False
             raise
         except Exception as exc:
             values = _score_one_by_one(scorer, samples, report, fail_fast, exc)
-        results = [to_score(value) for value in values]
+        results = [to_score(value, name, f"the sample with {_where(sample)}")
+                   for sample, value in zip(samples, values, strict=True)]
     else:
         results = _score_in_workers(scorer, samples, options, report, fail_fast)
 
@@ -304,7 +292,7 @@ def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False
         logger.warning("scorer %s failed on %d of %d samples; they are unscorable. First error: %s",
                        name, report.errors, len(samples), report.first_error)
     if report.invalid:
-        logger.warning("scorer %s returned a non-number, NaN or inf for %d of %d samples; they are unscorable",
+        logger.warning("scorer %s returned NaN or inf for %d of %d samples; they are unscorable",
                        name, report.invalid, len(samples))
     if report.timed_out:
         logger.warning("scorer %s ran past the %g s timeout on %d of %d samples; they score 0.0",
@@ -319,20 +307,18 @@ def _score_in_workers(scorer: Scorer, samples: list[Sample], options: ScoringOpt
     calls = [(([s.prompt], [s.completion]), {key: [s.meta.get(key)] for key in keys}) for s in samples]
     outcomes = run_per_sample(scorer, calls, options.timeout, options.workers or default_workers(),
                               stop_on_error=fail_fast)
-    for outcome in outcomes:
+    for sample, outcome in zip(samples, outcomes, strict=True):
         if outcome is not None and outcome.status == "output_error":
-            raise ScorerOutputError(outcome.message)
+            raise ScorerOutputError(f"{outcome.message} (on the sample with {_where(sample)})")
     results: list[tuple[float | None, bool]] = []
     for sample, outcome in zip(samples, outcomes, strict=True):
         if outcome is None:  # not run: scoring stopped at a failure (fail_fast), raised below
             continue
         if outcome.status in ("error", "crashed"):
             if fail_fast:
-                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with "
-                                   f"prompt_index={sample.prompt_index}, sample_index={sample.sample_index}: "
+                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with {_where(sample)}: "
                                    f"{outcome.message}")
-            report.errors += 1
-            report.first_error = report.first_error or outcome.message
+            _record_error(report, sample, outcome.message)
             results.append((None, True))
         elif outcome.status == "timed_out":
             report.timed_out += 1
@@ -363,12 +349,9 @@ def _score_one_by_one(
         except Exception as exc:
             if fail_fast:
                 raise RuntimeError(
-                    f"scorer {name} raised on the sample with prompt_index={sample.prompt_index}, "
-                    f"sample_index={sample.sample_index}: {type(exc).__name__}: {exc}"
+                    f"scorer {name} raised on the sample with {_where(sample)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            report.errors += 1
-            if report.first_error is None:
-                report.first_error = f"{type(exc).__name__}: {exc}"
+            _record_error(report, sample, f"{type(exc).__name__}: {exc}")
             values.append(None)
     if fail_fast:  # no sample fails alone: the failure needs the whole batch, so report it as such
         raise RuntimeError(
@@ -376,3 +359,15 @@ def _score_one_by_one(
             f"{type(batch_exc).__name__}: {batch_exc}"
         ) from batch_exc
     return values
+
+
+def _where(sample: Sample) -> str:
+    return f"prompt_index={sample.prompt_index}, sample_index={sample.sample_index}"
+
+
+def _record_error(report: ScoringReport, sample: Sample, message: str | None) -> None:
+    """Count one sample the scorer raised (or crashed) on, remembering the first."""
+    report.errors += 1
+    if report.first_error is None:
+        report.first_error = message
+        report.first_error_sample = (sample.prompt_index, sample.sample_index)
