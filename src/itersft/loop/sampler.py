@@ -1,41 +1,49 @@
 """Draw k completions per prompt from the model being trained, reproducibly per sample.
 
-Every random draw for sample `j` of prompt `i` in round `r` comes from its own `torch.Generator`, seeded
-from a stable hash of `(seed, r, i, j)`. Prompts are sorted by token length before batching (a batch then
-pads little), so which prompts share a batch, the batch size, the prompt order, and later which rank
-samples a prompt must not change what is drawn; a per-row generator makes that true by construction.
+Every random draw for sample `j` of prompt `i` in round `r` comes from its own uniform stream, seeded
+from a stable hash of `(seed, r, i, j)` (`itersft.loop.draws`). Which prompts share a batch, the batch
+size, the prompt order, and later which rank samples a prompt therefore do not change what is drawn.
 
-How: `model.generate` runs *greedy* decoding with one extra logits processor, `_RowwiseSampler`, last in
-the list. For each row it applies temperature, top-k and top-p, draws one token by inverse-CDF from a
-uniform out of that row's generator, and returns scores that are `-inf` except at the drawn token, so
-greedy's argmax takes exactly that token. Everything else (left-padded batching, KV cache, EOS handling,
-padding of finished rows, stop strings) stays with `generate`.
+Two backends draw these same samples (`SamplingConfig.backend`):
 
-Deliberately left out: beam search, chat templating (prompts arrive formatted), prompt truncation, and
-sharing one prefill between the k samples of a prompt (each is its own row, as `num_return_sequences`
-does). Reproducibility is exact as far as the forward pass is batch-invariant: logits that differ in the
-last bits between batch shapes (common in bf16 on GPU) can move a draw across a token boundary.
+* `refill` (`itersft.loop.refill`): one prefill per prompt shared by its k samples, finished rows
+  dropped at once and waiting prompts admitted into their slots. Decoder-only models with a plain
+  full-attention KV cache, not in lockstep.
+* `generate`: `model.generate` runs *greedy* decoding with one extra logits processor, `_RowwiseSampler`,
+  last in the list, which draws each row's token from that row's stream and returns scores that are
+  `-inf` except at the drawn token, so greedy's argmax takes exactly that token. Left-padded batching,
+  KV cache, EOS handling, padding of finished rows and stop strings stay with `generate`; each sample is
+  its own row, as with `num_return_sequences`. Works for every model `generate` supports, also sharded
+  weights in lockstep (`synced_gpus`) and encoder-decoders.
+
+`auto`, the default, is `refill` where it applies, else `generate` (logged). Prompts are sorted by token
+length, longest first, so batched prompts pad little.
+
+Deliberately left out: beam search, chat templating (prompts arrive formatted), prompt truncation.
+Reproducibility is exact as far as the forward pass is batch-invariant: logits that differ in the last
+bits between batch shapes (common in bf16 on GPU) can move a draw across a token boundary; for the same
+reason the two backends agree sample for sample only up to such boundary cases.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StopStringCriteria
 
 from itersft.distributed import Ranks
+from itersft.loop.draws import draw_tokens, sample_seed, sample_uniforms, warp_scores
+from itersft.loop.refill import RefillDecoder, left_pad, refill_unsupported_reason
 from itersft.loop.samples import Sample
 
+__all__ = ["BACKENDS", "Sampler", "SamplingConfig", "sample_seed", "warp_scores"]
 logger = logging.getLogger(__name__)
 
-# Extra uniforms per row beyond `max_new_tokens`: `generate` may run a step or two past the last token
-# when it defers its stop check; what those steps draw is discarded.
-_SPARE_DRAWS = 4
+BACKENDS = ("auto", "refill", "generate")
 
 # Fields of the model's own `generation_config` that would reshape the distribution we sample from.
 # `generate` fills every field we leave `None` from the model's config, so these are pinned to neutral
@@ -70,9 +78,15 @@ class SamplingConfig:
         temperature: softmax temperature; 0 means greedy decoding (the k samples are then identical).
         top_p: nucleus sampling, keep the smallest set of tokens with this much probability; 1 = off.
         top_k: keep only the k most likely tokens; 0 = off.
-        batch_size: prompts per `generate` call (each contributes `num_samples` rows).
+        batch_size: prompts decoded at once, each with `num_samples` rows (one row when greedy): with
+            `generate`, prompts per call; with `refill`, the batch holds at most this many prompts' rows.
         seed: base seed; with the round, prompt index and sample index it fixes every draw.
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
+        backend: `"auto"` (default): `"refill"` where it applies, else `"generate"`. `"refill"`: one
+            prefill per prompt shared by its samples, finished rows replaced by waiting prompts; decoder-only
+            models with a full-attention KV cache, not with sharded weights in lockstep (an error names
+            what is missing). `"generate"`: `model.generate`, one row per sample. Both draw the same
+            samples (see the module docstring).
     """
 
     num_samples: int = 4
@@ -83,6 +97,7 @@ class SamplingConfig:
     batch_size: int = 16
     seed: int = 0
     stop_strings: list[str] | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -119,51 +134,23 @@ class SamplingConfig:
                 f"`stop_strings` must be None or a list of non-empty strings, got {self.stop_strings!r}; "
                 "e.g. ['\\n\\nQuestion:']."
             )
+        if self.backend not in BACKENDS:
+            problems.append(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}.")
         if problems:
             raise ValueError("Invalid SamplingConfig:\n  - " + "\n  - ".join(problems))
         if self.stop_strings is not None:
             self.stop_strings = list(self.stop_strings)
 
 
-def sample_seed(seed: int, round_index: int, prompt_index: int, sample_index: int) -> int:
-    """The generator seed of one sample: a stable 63-bit hash of its coordinates (same on every process).
-
-    Python's `hash()` is salted per process, so it would give each rank different samples.
-    """
-    key = f"itersft-sample:{seed}:{round_index}:{prompt_index}:{sample_index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
-
-
-def warp_scores(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Apply temperature, then top-k, then top-p to (rows, vocab) logits; dropped tokens get -inf."""
-    scores = scores / temperature
-    vocab = scores.shape[-1]
-    if 0 < top_k < vocab:
-        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
-    if top_p < 1.0:
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        sorted_probs = sorted_scores.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already hold `top_p` of the mass; the first is kept.
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_scores = sorted_scores.masked_fill(mass_before >= top_p, float("-inf"))
-        scores = torch.empty_like(scores).scatter_(-1, order, sorted_scores)
-    return scores
-
-
 class _RowwiseSampler(LogitsProcessor):
-    """Draws each row's next token from that row's own generator; greedy decoding then takes it.
+    """Draws each row's next token from that row's own uniform stream; greedy decoding then takes it.
 
-    Each row gets a stream of uniforms from a CPU `torch.Generator` (so a CPU test and a CUDA rank draw
-    the same numbers), one per decoding step, turned into a token by inverse-CDF on the warped
-    distribution. This is `torch.multinomial(probs, 1, generator=g)` in distribution, but vectorised over
-    rows: one kernel per step instead of one `multinomial` call per row.
+    One uniform per decoding step, turned into a token by `draws.draw_tokens` (inverse CDF of the warped
+    distribution).
     """
 
     def __init__(self, seeds: list[int], steps: int, config: SamplingConfig, device: torch.device):
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        uniforms = torch.stack([torch.rand(steps + _SPARE_DRAWS, generator=g) for g in generators])
-        self.uniforms = uniforms.to(device)
+        self.uniforms = sample_uniforms(seeds, steps, device)
         self.config = config
         self.step = 0
 
@@ -173,12 +160,8 @@ class _RowwiseSampler(LogitsProcessor):
         column = min(self.step, self.uniforms.shape[1] - 1)
         self.step += 1
         cfg = self.config
-        probs = warp_scores(scores.float(), cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        cdf = probs.cumsum(dim=-1)
-        # Scale by the row's total so float error in the cumsum cannot push the target past the end.
-        target = self.uniforms[:, column : column + 1].to(cdf.dtype) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+        tokens = draw_tokens(scores, self.uniforms[:, column], cfg.temperature, cfg.top_k, cfg.top_p)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens[:, None], 0.0)
 
 
 class Sampler:
@@ -186,13 +169,15 @@ class Sampler:
 
     The caller's tokenizer is only read (padding is done here, on the left); a tokenizer without a pad
     token pads with EOS. The model is put in eval mode for sampling and every module's previous mode
-    is restored afterwards, also when generation raises.
+    is restored afterwards, also when generation raises. `backend` is the one `config.backend` resolved
+    to for this model (`"refill"` or `"generate"`).
 
     `lockstep` is for a model whose parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3),
-    where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Each
-    `sample()` call then runs as many `generate` calls as the busiest rank's (the others generate from a
-    one-token dummy prompt and discard it), and `generate` keeps stepping until every rank's rows are
-    done (`synced_gpus`). All ranks must make the same number of `sample()` calls.
+    where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Sampling
+    then uses `generate` (`backend="refill"` is refused). Each `sample()` call runs as many `generate`
+    calls as the busiest rank's (the others generate from a one-token dummy prompt and discard it), and
+    `generate` keeps stepping until every rank's rows are done (`synced_gpus`). All ranks must make the
+    same number of `sample()` calls.
     """
 
     def __init__(self, model, tokenizer, config: SamplingConfig | None = None, lockstep: Ranks | None = None):
@@ -205,11 +190,22 @@ class Sampler:
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise ValueError(
-                "The tokenizer has neither a pad token nor an EOS token; set `tokenizer.pad_token`."
-            )
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token; set `tokenizer.pad_token`.")
         self.pad_token_id = pad
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.backend = self._resolve_backend()
+
+    def _resolve_backend(self) -> str:
+        requested = self.config.backend
+        if requested == "generate":
+            return "generate"
+        reason = refill_unsupported_reason(self.model, lockstep=self.lockstep is not None)
+        if reason is not None and requested == "refill":
+            raise ValueError(f"`backend='refill'` cannot sample from this model: {reason}. Use "
+                             "`backend='generate'` (or `'auto'`, which picks it here).")
+        if requested == "auto":
+            logger.info("sampling backend 'auto' -> %s", f"'generate' ({reason})" if reason else "'refill'")
+        return "generate" if reason else "refill"
 
     def sample(self, prompts: list[str], round_index: int, meta: list[dict] | None = None,
                prompt_offset: int = 0, progress: bool = False) -> list[Sample]:
@@ -229,64 +225,90 @@ class Sampler:
             raise ValueError(f"Prompts at positions {empty[:10]} tokenize to no tokens; remove or fill them.")
         # Longest first: a batch of similar lengths pads little, and an out-of-memory error shows up early.
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+        with _eval_mode(self.model), torch.no_grad():
+            if self.backend == "refill":
+                rows = self._refill_rows(order, encoded, round_index, prompt_offset, progress)
+            else:
+                rows = self._generate_rows(order, encoded, round_index, prompt_offset, progress)
+        samples = []
+        for position, prompt in enumerate(prompts):
+            prompt_meta = meta[position] if meta is not None else {}
+            for j in range(self.config.num_samples):
+                # Greedy draws the same completion k times: it was generated once.
+                text, ids, finished = self._finish(rows[position][j % len(rows[position])])
+                samples.append(Sample(prompt=prompt, completion=text, prompt_index=prompt_offset + position,
+                                      sample_index=j, completion_ids=ids, finished=finished,
+                                      meta=dict(prompt_meta)))
+        return samples
+
+    def _rows_per_prompt(self) -> int:
+        return 1 if self.config.temperature == 0 else self.config.num_samples
+
+    def _seeds(self, round_index: int, prompt_index: int) -> list[int]:
+        return [sample_seed(self.config.seed, round_index, prompt_index, j) for j in range(self._rows_per_prompt())]
+
+    def _refill_rows(self, order: list[int], encoded: list[list[int]], round_index: int, prompt_offset: int,
+                     progress: bool) -> dict[int, list[list[int]]]:
+        """Generated rows (ids, EOS included when drawn) of every prompt position, by the `refill` backend."""
+        cfg = self.config
+        stop = StopStringCriteria(self.tokenizer, cfg.stop_strings) if cfg.stop_strings else None
+        decoder = RefillDecoder(self.model, rows_per_prompt=self._rows_per_prompt(),
+                                capacity=cfg.batch_size * self._rows_per_prompt(), max_new_tokens=cfg.max_new_tokens,
+                                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id, stop_criteria=stop)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(order), desc=f"sampling round {round_index}", unit="prompt")
+        try:
+            seeds = [self._seeds(round_index, prompt_offset + i) for i in order]
+            rows = decoder.run([encoded[i] for i in order], seeds,
+                               on_prompt_done=None if bar is None else lambda _: bar.update(1))
+        finally:
+            if bar is not None:
+                bar.close()
+        return dict(zip(order, rows, strict=True))
+
+    def _generate_rows(self, order: list[int], encoded: list[list[int]], round_index: int, prompt_offset: int,
+                       progress: bool) -> dict[int, list[list[int]]]:
+        """Generated rows (ids, then EOS and padding) of every prompt position, by the `generate` backend."""
         batches = [order[start : start + self.config.batch_size]
                    for start in range(0, len(order), self.config.batch_size)]
         device = _model_device(self.model)
         idle = 0 if self.lockstep is None else self.lockstep.max(len(batches), device) - len(batches)
-        if not batches and not idle:
-            return []
-        if progress:
+        if progress and batches:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"sampling round {round_index}", unit="batch")
-
-        results: dict[int, list[Sample]] = {}
-        with _eval_mode(self.model), torch.no_grad():
-            for batch in batches:
-                for position, samples in zip(batch, self._sample_batch(batch, encoded, round_index,
-                                                                      prompt_offset), strict=True):
-                    prompt_meta = meta[position] if meta is not None else {}
-                    for s in samples:
-                        s.prompt = prompts[position]
-                        s.meta = dict(prompt_meta)
-                    results[position] = samples
-            for _ in range(idle):
-                self._generate(torch.full((1, 1), self.pad_token_id, device=device), None)
-        return [s for position in range(len(prompts)) for s in results[position]]
+        rows: dict[int, list[list[int]]] = {}
+        for batch in batches:
+            rows.update(zip(batch, self._sample_batch(batch, encoded, round_index, prompt_offset), strict=True))
+        for _ in range(idle):
+            self._generate(torch.full((1, 1), self.pad_token_id, device=device), None)
+        return rows
 
     def _sample_batch(self, batch: list[int], encoded: list[list[int]], round_index: int,
-                      prompt_offset: int) -> list[list[Sample]]:
-        """Generate for the prompts at positions `batch`: a list of k samples per prompt, in `batch` order."""
+                      prompt_offset: int) -> list[list[list[int]]]:
+        """One `generate` call for the prompts at positions `batch`: their rows, in `batch` order."""
         cfg = self.config
-        greedy = cfg.temperature == 0
-        # Greedy draws the same completion k times: generate it once and copy it.
-        rows_per_prompt = 1 if greedy else cfg.num_samples
+        rows_per_prompt = self._rows_per_prompt()
         device = _model_device(self.model)
-        input_ids, attention_mask = self._left_pad([encoded[i] for i in batch], device)
+        input_ids, attention_mask = left_pad([encoded[i] for i in batch], self.pad_token_id, device)
         input_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
         attention_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
 
         processors = LogitsProcessorList()
-        if not greedy:
-            seeds = [sample_seed(cfg.seed, round_index, prompt_offset + position, j)
-                     for position in batch for j in range(rows_per_prompt)]
+        if cfg.temperature != 0:
+            seeds = [s for position in batch for s in self._seeds(round_index, prompt_offset + position)]
             processors.append(_RowwiseSampler(seeds, cfg.max_new_tokens, cfg, device))
         output = self._generate(input_ids, processors, attention_mask)
         # Causal LMs return prompt + completion; seq2seq returns the decoder start token + completion.
         generated = output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
         logger.debug("sampled %d rows x %d prompt tokens -> %d new tokens", *input_ids.shape,
                      generated.shape[1])
-
-        grouped = []
-        for b, position in enumerate(batch):
-            samples = []
-            for j in range(cfg.num_samples):
-                row = generated[b * rows_per_prompt + (0 if greedy else j)].tolist()
-                text, ids, finished = self._finish(row)
-                samples.append(Sample(prompt="", completion=text, prompt_index=prompt_offset + position,
-                                      sample_index=j, completion_ids=ids, finished=finished))
-            grouped.append(samples)
-        return grouped
+        generated = generated.tolist()
+        return [generated[b * rows_per_prompt : (b + 1) * rows_per_prompt] for b in range(len(batch))]
 
     def _generate(self, input_ids: torch.Tensor, processors: LogitsProcessorList | None,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -306,16 +328,6 @@ class Sampler:
         return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                    generation_config=generation_config, logits_processor=processors,
                                    synced_gpus=self.lockstep is not None, **extra)
-
-    def _left_pad(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-pad token id lists into (ids, attention_mask); done here so the tokenizer is never mutated."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        return ids.to(device), mask.to(device)
 
     def _finish(self, row: list[int]) -> tuple[str, list[int], bool]:
         """Cut one generated row at EOS (everything after it is padding) and at the first stop string."""
@@ -367,9 +379,7 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
 
 def _model_device(model) -> torch.device:
     device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 @contextmanager
