@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from _common import HERE, machine, median, save_model, table  # noqa: E402
 
 K, TEMPERATURE = 8, 1.0
+CONTINUOUS = "transformers generate_batch (continuous batching; not a Sampler backend)"
 NAMES = ["Ana", "Ravi", "Mei", "Olu", "Sara", "Ivan", "Lea", "Tom", "Noor", "Ken", "Ada", "Joe"]
 ITEMS = ["apples", "stickers", "marbles", "books", "coins", "pencils", "cards", "shells"]
 SHOTS = [
@@ -136,7 +137,7 @@ class ForwardTimer:
         self.decode_rows = 0
 
 
-def systems_for(model, tokenizer, texts, settings):
+def systems_for(model, tokenizer, texts, settings, continuous: bool):
     """name -> function(round_index) returning the number of sampled tokens (EOS included)."""
     from itersft.loop.sampler import Sampler, SamplingConfig
 
@@ -166,13 +167,27 @@ def systems_for(model, tokenizer, texts, settings):
             return sum(len(s.completion_ids) + s.finished for s in instance.sample(prompts, round_index))
         return run
 
-    return {"batched generate(num_return_sequences=8) (baseline)": baseline,
-            "Sampler backend='generate'": sampler("generate"),
-            "Sampler backend='refill' (auto's choice here)": sampler("refill")}
+    def continuous_batching(round_index, prompts=texts):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        config = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, max_new_tokens=n,
+                                  num_return_sequences=K, eos_token_id=sampler_eos, pad_token_id=pad)
+        # Its scheduler sizes its own batches (paged KV cache, prefix sharing between the k samples).
+        outputs = model.generate_batch([tokenizer(p)["input_ids"] for p in prompts], generation_config=config,
+                                       continuous_batching_config=ContinuousBatchingConfig(seed=round_index))
+        return sum(len(o.generated_tokens) for o in outputs.values())
+
+    systems = {"batched generate(num_return_sequences=8) (baseline)": baseline,
+               "Sampler backend='generate'": sampler("generate"),
+               "Sampler backend='refill' (auto's choice here)": sampler("refill")}
+    if continuous:
+        systems[CONTINUOUS] = continuous_batching
+    return systems
 
 
-def bench(title, model, tokenizer, texts, settings, rounds):
-    systems = systems_for(model, tokenizer, texts, settings)
+def bench(title, model, tokenizer, texts, settings, rounds, continuous):
+    systems = systems_for(model, tokenizer, texts, settings, continuous)
     timer = ForwardTimer(model)
     for run in systems.values():  # warm-up: one prompt, a few tokens
         run(0, prompts=texts[:1])
@@ -193,9 +208,11 @@ def bench(title, model, tokenizer, texts, settings, rounds):
     rows = []
     for name, values in rates.items():
         ratios = [v / b for v, b in zip(values, base, strict=True)]
-        prefill, decode, rest, waste = (median([s[i] for s in splits[name]]) for i in range(4))
+        split = [f"{median([s[i] for s in splits[name]]):.{2 if i == 3 else 1}f}" for i in range(4)]
+        if name == CONTINUOUS:  # its forward passes mix prefill and decode tokens: no split
+            split = ["-"] * 4
         rows.append([name, f"{median(ratios):.2f}x", " ".join(f"{r:.2f}" for r in ratios), f"{median(values):,.1f}",
-                     f"{prefill:.1f}", f"{decode:.1f}", f"{rest:.1f}", f"{waste:.2f}"])
+                     *split])
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     print(f"\n## {title}: {len(texts)} prompts of {min(lengths)}-{max(lengths)} tokens (mean "
           f"{sum(lengths) / len(lengths):.0f}), k = {K}, max_new_tokens = {settings['max_new_tokens']}, "
@@ -212,15 +229,19 @@ def main() -> None:
     parser.add_argument("--workload", default="few-shot", choices=["few-shot", "zero-shot"],
                         help="SmolLM2 prompts: three worked examples before the question, or the question alone")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--continuous-batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time transformers' generate_batch (continuous batching) for reference")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.models.split(","):
         if name == "toy":
-            bench("toy Qwen2 (~4M parameters)", *toy_workload(), rounds=args.rounds)
+            bench("toy Qwen2 (~4M parameters)", *toy_workload(), rounds=args.rounds,
+                  continuous=args.continuous_batching)
         elif name == "smollm2":
             bench(f"SmolLM2-135M-Instruct, {args.workload} chat prompts",
-                  *smollm2_workload(few_shot=args.workload == "few-shot"), rounds=args.rounds)
+                  *smollm2_workload(few_shot=args.workload == "few-shot"), rounds=args.rounds,
+                  continuous=args.continuous_batching)
         else:
             raise SystemExit(f"unknown model {name!r}; use toy and/or smollm2")
 

@@ -304,3 +304,13 @@ def test_warps_and_draws_follow_the_distribution():
     assert (out.isinf().sum(dim=-1) == 3).all()
     frequencies = torch.bincount(tokens, minlength=4).float() / rows
     assert torch.allclose(frequencies, logits.softmax(dim=-1)[0], atol=0.015)
+
+
+def test_prompt_tuning_adapter_samples_through_generate(causal_model, tokenizer):
+    """Prompt-learning adapters prepend virtual tokens inside `generate`; `auto` must not pick `refill`."""
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(causal_model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    assert Sampler(wrapped, tokenizer).backend == "generate"
+    with pytest.raises(ValueError, match="learns prompt tokens"):
+        Sampler(wrapped, tokenizer, SamplingConfig(backend="refill"))
+    assert len(_draw(wrapped, tokenizer, PROMPTS[:2])) == 2 * 3

@@ -59,6 +59,8 @@ def refill_unsupported_reason(model, lockstep: bool) -> str | None:
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         return "the model is an encoder-decoder"
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return "its PEFT adapter learns prompt tokens, which `generate` prepends"
     parameters = _forward_parameters(model)
     if "position_ids" not in parameters:
         return f"{type(_base_model(model)).__name__}.forward takes no `position_ids`"
