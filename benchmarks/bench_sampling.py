@@ -22,12 +22,17 @@ Models and workloads:
   as earlier chat turns (few-shot chat, ~280 prompt tokens, the shape of an expert-iteration prompt),
   N = 128, batch 8 prompts. `--workload zero-shot` asks the questions alone (~60 prompt tokens).
 
+For reference (not a Sampler backend) the table also times transformers' own continuous batching,
+`model.generate_batch(..., num_return_sequences=8)` (paged KV cache, the k samples sharing the prompt's
+blocks, its own scheduler and batch sizes, one global seed; `--no-continuous-batching` leaves it out).
+
 Besides the ratios the table shows where each system's time goes: seconds inside prefill forward
 passes (more than one input token) and decode forward passes (one token), the rest (sampling,
 bookkeeping), and decode rows computed per token drawn by a decode step (every sample's first token
 comes from the prefill; 1.00 = no finished row computed).
 
     .venv/bin/python benchmarks/bench_sampling.py [--rounds 3] [--models toy,smollm2] [--threads 1]
+        [--workload few-shot|zero-shot] [--device cuda --dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def word_problem(i: int) -> str:
 
 
 def toy_workload(prompts: int = 32, max_new_tokens: int = 128):
-    """The toy model, tokenizer, prompts and the EOS hook's handle."""
+    """The toy model (EOS hook attached), its tokenizer, the prompts and the settings."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = save_model(Path(tempfile.mkdtemp()) / "model", vocab_size=260)
@@ -125,6 +130,8 @@ class ForwardTimer:
         ids = kwargs.get("input_ids", args[0] if args else None)
         started = time.perf_counter()
         out = self.inner(*args, **kwargs)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
         if ids.shape[1] == 1:
             self.decode += time.perf_counter() - started
             self.decode_rows += ids.shape[0]
@@ -148,7 +155,8 @@ def systems_for(model, tokenizer, texts, settings, continuous: bool):
     def baseline(round_index, prompts=texts):
         tokens = 0
         for start in range(0, len(prompts), batch):
-            inputs = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True, padding_side="left")
+            inputs = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True,
+                               padding_side="left").to(model.device)
             with torch.no_grad():
                 output = model.generate(**inputs, do_sample=True, num_return_sequences=K, max_new_tokens=n,
                                         temperature=TEMPERATURE, top_k=0, top_p=1.0, eos_token_id=sampler_eos,
@@ -186,13 +194,15 @@ def systems_for(model, tokenizer, texts, settings, continuous: bool):
     return systems
 
 
-def bench(title, model, tokenizer, texts, settings, rounds, continuous):
+def bench(title, model, tokenizer, texts, settings, rounds, continuous, device, dtype):
+    model.to(device=device, dtype=getattr(torch, dtype))
     systems = systems_for(model, tokenizer, texts, settings, continuous)
     timer = ForwardTimer(model)
     for run in systems.values():  # warm-up: one prompt, a few tokens
         run(0, prompts=texts[:1])
     rates = {name: [] for name in systems}
     splits = {name: [] for name in systems}
+    lengths = {name: [] for name in systems}
     for round_index in range(1, rounds + 1):
         for name, run in systems.items():
             timer.reset()
@@ -200,6 +210,7 @@ def bench(title, model, tokenizer, texts, settings, rounds, continuous):
             tokens = run(round_index)
             seconds = time.perf_counter() - started
             rates[name].append(tokens / seconds)
+            lengths[name].append(tokens / (len(texts) * K))
             # The first token of every sample comes from a prefill; the others each need a decode row.
             decoded = tokens - len(texts) * K
             splits[name].append((timer.prefill, timer.decode, seconds - timer.prefill - timer.decode,
@@ -212,13 +223,15 @@ def bench(title, model, tokenizer, texts, settings, rounds, continuous):
         if name == CONTINUOUS:  # its forward passes mix prefill and decode tokens: no split
             split = ["-"] * 4
         rows.append([name, f"{median(ratios):.2f}x", " ".join(f"{r:.2f}" for r in ratios), f"{median(values):,.1f}",
-                     *split])
-    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    print(f"\n## {title}: {len(texts)} prompts of {min(lengths)}-{max(lengths)} tokens (mean "
-          f"{sum(lengths) / len(lengths):.0f}), k = {K}, max_new_tokens = {settings['max_new_tokens']}, "
+                     f"{median(lengths[name]):.1f}", *split])
+    prompt_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    print(f"\n## {title}: {len(texts)} prompts of {min(prompt_lengths)}-{max(prompt_lengths)} tokens (mean "
+          f"{sum(prompt_lengths) / len(prompt_lengths):.0f}), k = {K}, max_new_tokens = {settings['max_new_tokens']}, "
           f"temperature {TEMPERATURE}, EOS stops, batch {settings['batch_size']} prompts; {rounds} rounds")
-    print(f"# commit {commit()}; {machine()}")
-    print(table(rows, ["system", "tokens/s vs baseline (median)", "per round", "tokens/s (median)", "prefill s",
+    gpu = f", {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
+    print(f"# commit {commit()}; {machine()}; {device}{gpu} {dtype}")
+    print(table(rows, ["system", "tokens/s vs baseline (median)", "per round", "tokens/s (median)",
+                       "tokens/sample", "prefill s",
                        "decode s", "other s", "decode rows / decoded token"]))
 
 
@@ -231,17 +244,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--continuous-batching", action=argparse.BooleanOptionalAction, default=True,
                         help="also time transformers' generate_batch (continuous batching) for reference")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
+    hardware = {"device": args.device, "dtype": args.dtype}
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.models.split(","):
         if name == "toy":
             bench("toy Qwen2 (~4M parameters)", *toy_workload(), rounds=args.rounds,
-                  continuous=args.continuous_batching)
+                  continuous=args.continuous_batching, **hardware)
         elif name == "smollm2":
             bench(f"SmolLM2-135M-Instruct, {args.workload} chat prompts",
                   *smollm2_workload(few_shot=args.workload == "few-shot"), rounds=args.rounds,
-                  continuous=args.continuous_batching)
+                  continuous=args.continuous_batching, **hardware)
         else:
             raise SystemExit(f"unknown model {name!r}; use toy and/or smollm2")
 
