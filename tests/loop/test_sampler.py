@@ -266,6 +266,14 @@ def test_backend_choice(causal_model, seq2seq_model, tokenizer):
     causal_model.generation_config.suppress_tokens = [5]
     assert Sampler(causal_model, tokenizer).backend == "generate"
     causal_model.generation_config.suppress_tokens = None
+    llama = type(causal_model)
+
+    def own_preparation(self, *args, **kwargs):  # as multimodal or rope-switching models do
+        return llama.prepare_inputs_for_generation(self, *args, **kwargs)
+
+    causal_model.__class__ = type("OwnInputs", (llama,), {"prepare_inputs_for_generation": own_preparation})
+    assert Sampler(causal_model, tokenizer).backend == "generate"
+    causal_model.__class__ = llama
     refill = SamplingConfig(backend="refill")
     for model, lockstep, reason in [(causal_model, single_rank, "lockstep"), (seq2seq_model, None, "encoder-decoder"),
                                     (sliding, None, "DynamicSlidingWindowLayer")]:

@@ -30,7 +30,7 @@ import inspect
 from collections.abc import Callable
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GenerationMixin
 from transformers.cache_utils import DynamicLayer
 
 from itersft.loop.draws import SPARE_DRAWS, draw_tokens, sample_uniforms
@@ -61,11 +61,15 @@ def refill_unsupported_reason(model, lockstep: bool) -> str | None:
         return "the model is an encoder-decoder"
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return "its PEFT adapter learns prompt tokens, which `generate` prepends"
-    parameters = _forward_parameters(model)
+    name, parameters = type(_base_model(model)).__name__, _forward_parameters(model)
     if "position_ids" not in parameters:
-        return f"{type(_base_model(model)).__name__}.forward takes no `position_ids`"
+        return f"{name}.forward takes no `position_ids`"
     if "cache" not in parameters and "past_key_values" not in parameters:
-        return f"{type(_base_model(model)).__name__}.forward takes no KV cache"
+        return f"{name}.forward takes no KV cache"
+    if type(_base_model(model)).prepare_inputs_for_generation is not GenerationMixin.prepare_inputs_for_generation:
+        # Multimodal, recurrent and some rope-scaled models feed `generate` differently; this decoder
+        # calls `forward` directly, so it only vouches for models that use the default preparation.
+        return f"{name} overrides `prepare_inputs_for_generation`"
     try:
         layers = DynamicCache(config=config).layers
     except Exception as error:  # a config the cache cannot read: the decoder cannot vouch for it
