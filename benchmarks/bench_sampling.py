@@ -194,7 +194,7 @@ def systems_for(model, tokenizer, texts, settings, continuous: bool):
     return systems
 
 
-def bench(title, model, tokenizer, texts, settings, rounds, continuous, device, dtype):
+def bench(title, model, tokenizer, texts, settings, rounds, continuous, device, dtype, revision):
     model.to(device=device, dtype=getattr(torch, dtype))
     systems = systems_for(model, tokenizer, texts, settings, continuous)
     timer = ForwardTimer(model)
@@ -229,7 +229,7 @@ def bench(title, model, tokenizer, texts, settings, rounds, continuous, device, 
           f"{sum(prompt_lengths) / len(prompt_lengths):.0f}), k = {K}, max_new_tokens = {settings['max_new_tokens']}, "
           f"temperature {TEMPERATURE}, EOS stops, batch {settings['batch_size']} prompts; {rounds} rounds")
     gpu = f", {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
-    print(f"# commit {commit()}; {machine()}; {device}{gpu} {dtype}")
+    print(f"# commit {revision}; {machine()}; {device}{gpu} {dtype}")
     print(table(rows, ["system", "tokens/s vs baseline (median)", "per round", "tokens/s (median)",
                        "tokens/sample", "prefill s",
                        "decode s", "other s", "decode rows / decoded token"]))
@@ -247,7 +247,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
-    hardware = {"device": args.device, "dtype": args.dtype}
+    # The commit is read once, before anything runs: the work tree may change during a long run.
+    hardware = {"device": args.device, "dtype": args.dtype, "revision": commit()}
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.models.split(","):
