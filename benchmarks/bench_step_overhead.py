@@ -38,7 +38,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import itersft.loss
+    import itersft.trainer.loss
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
     model_dir = save_model(Path(tempfile.mkdtemp()) / "model")
@@ -57,14 +57,14 @@ def main() -> None:
                                    tokenizer=AutoTokenizer.from_pretrained(model_dir))
 
     fast, full = trainer(), trainer()
-    separable_head = itersft.loss.separable_head
+    separable_head = itersft.trainer.loss.separable_head
 
     def full_logits_step(samples):
-        itersft.loss.separable_head = lambda model, wrapped: None
+        itersft.trainer.loss.separable_head = lambda model, wrapped: None
         try:
             full.step(input_ids=samples)
         finally:
-            itersft.loss.separable_head = separable_head
+            itersft.trainer.loss.separable_head = separable_head
 
     systems = {
         "bare loop (full logits)": lambda samples: bare_step(

@@ -2,15 +2,37 @@
 
 Each fixture saves what it builds with `save_pretrained` and loads it back with `from_pretrained`, so
 the tests exercise the loading path real users take with hub ids and local checkpoints.
+
+Under `CI=true` (set by `.ci/run`) a skipped test marked with one of `REQUIRED_IN_CI` is a failure:
+`make test` installs DeepSpeed and SmolLM2, so a skip there means CI ran without them and would
+otherwise pass with those parts untested.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from itersft.toy import save_toy
+
+REQUIRED_IN_CI = ("deepspeed", "smollm2")
+"""Markers whose tests must run, not skip, under CI=true."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true, turn the skip of a test marked with one of `REQUIRED_IN_CI` into a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    required = [name for name in REQUIRED_IN_CI if item.get_closest_marker(name) is not None]
+    if report.skipped and required and os.environ.get("CI") == "true":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under CI=true, but tests marked `{required[0]}` must run in CI "
+                           f"(`make test` installs what they need). Skip reason: {reason}")
 
 
 @pytest.fixture(scope="session")

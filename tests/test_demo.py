@@ -22,7 +22,8 @@ def test_quick_demo_beats_the_control_and_writes_its_run_directory(tmp_path):
     assert summary["accuracy_after_loop"] >= summary["accuracy_before_loop"] + 0.2
     assert summary["lift_over_control_points"] >= 20
     assert summary["control_updates"] == summary["loop_updates"] > 0
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in metrics)
     assert (tmp_path / "curves.png").exists()
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")

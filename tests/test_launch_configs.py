@@ -15,7 +15,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
-from itersft.deepspeed_config import finalize_deepspeed_config
+from itersft.trainer.engine import finalize_deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_CONFIGS = sorted((ROOT / "examples" / "accelerate").glob("*.yaml"))

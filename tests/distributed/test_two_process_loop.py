@@ -62,6 +62,8 @@ def test_two_process_loop_writes_the_same_artefacts(tmp_path, answering_dir):
     for key in ("samples_drawn", "samples_kept", "acceptance_rate", "pass@1", "pass@k"):
         assert first[0][key] == second[0][key], key
     assert second[0]["samples_drawn"] == 7 * 3
+    for metrics in first + second:  # every round of both runs kept samples and trained on them
+        assert metrics["samples_kept"] > 0 and metrics["train_updates"] > 0, metrics
 
 
 @pytest.mark.parametrize("engine", ["fsdp2", pytest.param("zero3", marks=needs_deepspeed)])
@@ -77,4 +79,6 @@ def test_sharded_loop_keeps_ranks_in_step_and_matches_one_process(engine, tmp_pa
     assert len(first) == len(second) == 2
     for key in ("samples_drawn", "samples_kept", "pass@1", "pass@k", "train_samples"):
         assert first[0][key] == second[0][key], key
+    for metrics in first + second:
+        assert metrics["samples_kept"] > 0 and metrics["train_updates"] > 0, metrics
     assert (two / "final").is_dir() and (two / "rounds" / "round-0001" / "rng_state_1.pth").exists()

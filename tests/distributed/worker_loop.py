@@ -37,7 +37,8 @@ def run(model_dir: str, out: Path, engine: str) -> None:
     trainer_class = CpuFSDP2Trainer if engine == "fsdp2" else IterativeSFTTrainer
     trainer = trainer_class(model, config(out, engine=engine, shuffle_samples=True), tokenizer=tokenizer)
     assert trainer.shards_parameters == (engine in ("fsdp2", "zero3"))
-    loop = ExpertIteration(trainer, SamplingConfig(num_samples=3, max_new_tokens=4, batch_size=2, seed=1),
+    loop = ExpertIteration(trainer, SamplingConfig(num_samples=3, max_new_tokens=4, batch_size=2, seed=1,
+                                                  chat_template=False),
                            "exact_match", Threshold(1.0),
                            LoopConfig(output_dir=str(out / engine), rounds=2, prompts_per_round=7, step_size=4,
                                       eval_samples=2, reset_optimizer=True, seed=1,

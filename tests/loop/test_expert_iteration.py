@@ -1,4 +1,5 @@
-"""The loop end to end on a toy model: artefacts, round policies, and resume after kill -9.
+"""The loop end to end on a toy model: artefacts, round policies, resume after kill -9 (between
+rounds and inside a round checkpoint's write), the installed `itersft` script.
 
 The base model is the toy causal LM briefly taught to answer "x" or "y" and stop (so completions
 finish and some are correct); the scorer is exact match against a per-prompt answer.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +20,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.loop.callbacks import LoopCallback
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
 from itersft.loop.filters import Threshold
 from itersft.loop.sampler import SamplingConfig
@@ -46,7 +49,7 @@ def _loop(base_dir, run_dir, labelled=None, **loop_options):
     trainer = IterativeSFTTrainer(model, config, tokenizer)
     options = dict(output_dir=str(run_dir), rounds=2, prompts_per_round=6, step_size=8, seed=3)
     options.update(loop_options)
-    sampling = SamplingConfig(num_samples=3, max_new_tokens=4, temperature=1.0, seed=3)
+    sampling = SamplingConfig(num_samples=3, max_new_tokens=4, temperature=1.0, seed=3, chat_template=False)
     return ExpertIteration(trainer, sampling, "exact_match", Threshold(1.0), LoopConfig(**options), labelled=labelled)
 
 
@@ -56,11 +59,24 @@ def _meta():
 
 def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
     loop = _loop(base_dir, tmp_path)
+    events = []
+
+    class RunEvents(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            events.append("begin")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            events.append("end")
+
+    loop.trainer.add_callback(RunEvents())
     history = loop.run(PROMPTS, _meta(), eval_prompts=PROMPTS[:4], eval_meta=_meta()[:4])
 
     assert [m["round"] for m in history] == [0, 1]
+    assert events == ["begin", "end"]  # the trainer's callbacks see one run: trackers flush at its end
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "trainer"])
+        ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "run_identity.json",
+         "trainer"])
     assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round-0000", "round-0001"]
     round_files = {p.name for p in (tmp_path / "rounds" / "round-0001").iterdir()}
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
@@ -84,16 +100,29 @@ def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
 
 
 def test_restart_from_base_trains_each_round_from_the_initial_weights(tmp_path, base_dir):
-    """A filter that keeps nothing: with restart_from_base, weights return to the base each round."""
+    """Round 1 starts training from the weights the loop was built with, not from round 0's result."""
     loop = _loop(base_dir, tmp_path, restart_from_base=True)
-    loop.filter = lambda samples: []
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    with torch.no_grad():
-        for p in loop.trainer.model.parameters():  # drift away from the base before the loop starts
-            p.add_(0.01)
-    loop._base_state = {k: v.clone() for k, v in base.state_dict().items()}
-    loop.run(PROMPTS, _meta())
-    assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(), loop.trainer.model.state_dict().values()))
+    base = {k: v.clone() for k, v in loop.trainer.model.state_dict().items()}
+    at_step_begin, round_ends = {}, []
+
+    class Snapshots(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            at_step_begin.setdefault(state.global_step, {k: v.clone() for k, v in model.state_dict().items()})
+
+    class RoundEnds(LoopCallback):
+        def on_round_end(self, metrics):
+            round_ends.append(metrics["global_step"])
+
+    loop.trainer.add_callback(Snapshots())
+    loop.callbacks.append(RoundEnds())
+    history = loop.run(PROMPTS, _meta())
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
+
+    def same(weights):
+        return all(torch.equal(weights[k], v) for k, v in base.items())
+
+    assert same(at_step_begin[0]) and same(at_step_begin[round_ends[0]])  # round 0 and round 1 start at the base
+    assert not same(at_step_begin[round_ends[0] - 1])  # round 0 trained away from it in between
 
 
 def test_restart_from_base_is_refused_under_deepspeed(tmp_path):
@@ -110,6 +139,7 @@ def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_di
     loop = _loop(base_dir, tmp_path, labelled=labelled, buffer_capacity=None, replay_samples=2, labelled_ratio=0.5)
     history = loop.run(PROMPTS, _meta())
     first, second = history
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
     kept_first = first["samples_kept"] - first["samples_unfinished"]
     kept_second = second["samples_kept"] - second["samples_unfinished"]
     assert first["train_samples"] == 2 * kept_first  # no buffer yet; labelled = generated at ratio 0.5
@@ -119,12 +149,15 @@ def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_di
 
 
 def test_reset_optimizer_clears_its_state_each_round(tmp_path, base_dir):
-    loop = _loop(base_dir, tmp_path, rounds=1, reset_optimizer=True)
+    """Adam counts its steps per parameter: after the run it has counted the last round's updates only."""
+    loop = _loop(base_dir, tmp_path, reset_optimizer=True)
     loop.trainer.step(prompts=PROMPTS, completions=ANSWERS)
     assert len(loop.trainer.optimizer.state) > 0
-    loop.filter = lambda samples: []
-    loop.run(PROMPTS, _meta())
-    assert len(loop.trainer.optimizer.state) == 0
+    history = loop.run(PROMPTS, _meta())
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
+    steps = {int(state["step"]) for state in loop.trainer.optimizer.state.values()}
+    assert steps == {history[-1]["train_updates"]}
+    assert loop.trainer.state.global_step == 3 + history[0]["train_updates"] + history[1]["train_updates"]
 
 
 def _accepted(run_dir: Path, round_index: int):
@@ -133,13 +166,33 @@ def _accepted(run_dir: Path, round_index: int):
 
 
 SLOW_SCORER = '''
+import os
 import time
+
+import torch
 
 
 def exact(prompts, completions, answer, **meta):
-    """Exact match that takes a while, so a kill lands inside a round, never after the last one."""
-    time.sleep(0.4)
+    """Exact match that takes a while (0.05 s a sample), so a kill lands inside a round, never after the last one."""
+    time.sleep(0.05)
     return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+
+# The test's handle on a checkpoint write: with HOLD_CHECKPOINT="<round>:<marker file>", torch.save of
+# the optimizer state into that round's staging folder (after the model's files, before the scheduler,
+# RNG and loop state) completes, then writes the marker and waits to be killed, so the kill lands inside
+# the round checkpoint's write.
+if os.environ.get("HOLD_CHECKPOINT"):
+    held_round, marker = os.environ["HOLD_CHECKPOINT"].split(":", 1)
+    real_save = torch.save
+
+    def save_and_hold(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if str(f).endswith(os.path.join(f".staging-round-{int(held_round):04d}", "optimizer.pt")):
+            open(marker, "w").close()
+            time.sleep(600)
+
+    torch.save = save_and_hold
 '''
 
 
@@ -151,7 +204,7 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
         "model": str(base_dir), "output_dir": str(run_dir), "prompts": {"path": str(prompts)},
         "eval_prompts": {"path": str(prompts), "limit": 4}, "scorer": "slow_scorer:exact",
         "filters": [{"threshold": 1.0}, {"dedup": {}}],
-        "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 5},
+        "sampling": {"num_samples": 3, "max_new_tokens": 4, "seed": 5, "chat_template": False},
         "loop": {"rounds": 4, "prompts_per_round": 6, "step_size": 6, "seed": 5, "buffer_capacity": 50,
                  "replay_samples": 2},
         "training": {"learning_rate": 0.01, "per_device_train_batch_size": 2, "seed": 5},
@@ -161,8 +214,9 @@ def _write_run_config(directory: Path, base_dir: Path, run_dir: Path) -> Path:
     return path
 
 
-def _run_cli(config: Path, **popen):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(config.parent)}
+def _run_cli(config: Path, env: dict[str, str] | None = None, **popen):
+    python_path = os.pathsep.join([str(config.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "itersft.cli.main", "run", str(config)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -182,7 +236,10 @@ def uninterrupted_run(tmp_path_factory, base_dir):
     reference = _run_cli(_write_run_config(directory, base_dir, directory / "run"))
     output, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, output
-    return _comparable(directory / "run")
+    metrics, accepted, weights = _comparable(directory / "run")
+    assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in metrics)
+    assert sorted(p.name for p in (directory / "run" / "rounds").iterdir()) == ["round-0002", "round-0003"]
+    return metrics, accepted, weights
 
 
 @pytest.mark.parametrize("kill_after_round", [0, 2])
@@ -206,20 +263,93 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, base_dir, un
     assert resumed.returncode == 0, output
     assert "Resuming after round" in output
 
-    expected_metrics, expected_accepted, expected_weights = uninterrupted_run
-    metrics, accepted, weights = _comparable(killed_dir)
+    _assert_same_run(_comparable(killed_dir), uninterrupted_run)
+
+
+def _assert_same_run(got, expected):
+    (metrics, accepted, weights), (expected_metrics, expected_accepted, expected_weights) = got, expected
     assert metrics == expected_metrics
     assert accepted == expected_accepted
     for name, tensor in expected_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_kill_inside_a_round_checkpoint_write_then_resume_matches_an_uninterrupted_run(tmp_path, base_dir,
+                                                                                     uninterrupted_run):
+    """SIGKILL while round 1's checkpoint is half written (model files and optimizer state in its staging
+    folder, the rest not yet): nothing partial is ever taken for a round, and the rerun redoes round 1."""
+    killed_dir = tmp_path / "killed"
+    config = _write_run_config(tmp_path, base_dir, killed_dir)
+    marker = tmp_path / "inside-the-write"
+    process = _run_cli(config, env={"HOLD_CHECKPOINT": f"1:{marker}"})
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[0] if process.poll() is not None else "no write was held"
+    staging = killed_dir / "rounds" / ".staging-round-0001"
+    written = {p.name for p in staging.iterdir()}
+    assert {"model.safetensors", "optimizer.pt"} <= written
+    assert not written & {"scheduler.pt", "trainer_state.json", "loop_state.json"}  # the write is not finished
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(p.name for p in (killed_dir / "rounds").iterdir()) == [".staging-round-0001", "round-0000"]
+
+    resumed = _run_cli(config)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "Resuming after round 0" in output
+    assert sorted(p.name for p in (killed_dir / "rounds").iterdir()) == ["round-0002", "round-0003"]
+    _assert_same_run(_comparable(killed_dir), uninterrupted_run)
+
+
+def test_the_installed_console_script_imports_a_scorer_from_the_working_directory(tmp_path, base_dir):
+    """`itersft run` as installed (the venv's script, not `python -m`), from the folder holding the scorer
+    module: the script's own folder is first on its sys.path, so this import once failed."""
+    script = shutil.which("itersft", path=str(Path(sys.executable).parent))
+    assert script is not None, f"no `itersft` script beside {sys.executable}: install the package (`make install`)"
+    config = _write_run_config(tmp_path, base_dir, tmp_path / "run")
+    settings = yaml.safe_load(config.read_text())
+    settings["loop"]["rounds"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if os.environ.get("PYTHONPATH"):  # the source under test (as absolute paths: the cwd changes), nothing else
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+    result = subprocess.run([script, "run", config.name], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["samples_kept"] > 0 and metrics["train_updates"] > 0
+
+
+ALWAYS_RIGHT = '''
+def score(prompts, completions, **meta):
+    """Every completion is right: the toy model cannot add, and the example must still keep and train."""
+    return [1.0] * len(completions)
+'''
+
+
 def test_the_example_config_runs(tmp_path, base_dir):
-    """`itersft run examples/expert_iteration.yaml`, on the toy model, from the repository root."""
+    """`itersft run examples/expert_iteration.yaml`, on the toy model, from the repository root; the scorer
+    is swapped for one that accepts every completion (the toy model cannot add), every other key kept."""
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "run", "examples/expert_iteration.yaml",
+    settings = yaml.safe_load((root / "examples" / "expert_iteration.yaml").read_text())
+    (tmp_path / "always_right.py").write_text(ALWAYS_RIGHT)
+    settings["scorer"] = "always_right:score"
+    config = tmp_path / "example.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "run", str(config),
                              "--model", str(base_dir), "--output-dir", str(tmp_path / "run")],
-                            cwd=root, capture_output=True, text=True, timeout=300)
+                            cwd=root, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round" in result.stdout and "eval acc" in result.stdout
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in metrics)
+
+
+@pytest.mark.parametrize("bad", [{"rounds": True}, {"restart_from_base": 1}, {"labelled_ratio": 1.0},
+                                 {"prompts_per_round": 0}, {"keep_rounds": 0}, {"resume_changed": "yes"}])
+def test_loop_config_names_each_bad_setting(tmp_path, bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"Invalid LoopConfig:\n- `{name}`"):
+        LoopConfig(output_dir=str(tmp_path), **bad)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from itertools import combinations
 from math import comb
 
 import pytest
@@ -41,6 +43,22 @@ def test_pass_at_k_by_hand():
     assert pass_at_k(5, 4, 2) == 1.0  # only one wrong sample: any two include a correct one
     assert pass_at_k(5, 0, 5) == 0.0
     assert pass_at_k(200, 1, 100) == pytest.approx(0.5)
+
+
+def test_pass_at_k_equals_brute_force_over_all_k_subsets():
+    """For every n <= 8, c <= n, k <= n: the share of k-subsets of n samples (c correct) holding a correct one."""
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(combinations(range(n), k))  # samples 0 .. c-1 are the correct ones
+                expected = Fraction(sum(any(i < c for i in subset) for subset in subsets), len(subsets))
+                assert pass_at_k(n, c, k) == pytest.approx(float(expected), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_not_the_naive_estimate():
+    """One correct of four at k = 4: every draw holds it (1.0); 1 - (1 - c/n)^k would say 0.68."""
+    assert pass_at_k(4, 1, 4) == 1.0
+    assert 1 - (1 - 1 / 4) ** 4 == pytest.approx(0.68, abs=0.01)
 
 
 @pytest.mark.parametrize(("n", "c", "k"), [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6), (5.0, 2, 1)])

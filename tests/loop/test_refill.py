@@ -34,17 +34,17 @@ def test_each_prompt_is_prefilled_once_and_finished_rows_leave(causal_model, tok
 
     causal_model.get_output_embeddings().register_forward_hook(hook)
     shapes = _record_forward_shapes(causal_model)
-    config = SamplingConfig(num_samples=3, max_new_tokens=12, batch_size=2, backend="refill")
+    config = SamplingConfig(num_samples=3, max_new_tokens=12, batch_size=2, backend="refill", chat_template=False)
     samples = Sampler(causal_model, tokenizer, config).sample(PROMPTS, round_index=0)
     prefills = [rows for rows, length in shapes if length > 1]
     decodes = [rows for rows, length in shapes if length == 1]
     # One row per prompt in the prefills (not one per sample), at most `batch_size` prompts at a time.
     assert sum(prefills) == len(PROMPTS) and max(prefills) <= 2
     assert max(decodes) <= 2 * 3
-    # Every decode row but the retired rows kept until a regrouping draws a kept token: the rows computed
-    # are fewer than the padded batches' rows x steps, and at least the tokens drawn after the first.
+    # A finished row leaves at once: every decode row computed draws a token that is kept, so the rows
+    # computed are exactly the tokens drawn after each sample's first (fewer than static batches' rows x steps).
     drawn_after_first = sum(len(s.completion_ids) + s.finished - 1 for s in samples)
-    assert drawn_after_first <= sum(decodes) < 2 * 3 * 11 * 3
+    assert sum(decodes) == drawn_after_first < 2 * 3 * 11 * 3
     assert any(s.finished and len(s.completion_ids) < 6 for s in samples)
 
 

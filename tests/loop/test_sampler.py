@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from itersft.distributed import Ranks
-from itersft.loop.sampler import Sampler, SamplingConfig, _RowwiseSampler, sample_seed, warp_scores
+from itersft.loop.generate_backend import _RowwiseSampler
+from itersft.loop.sampler import Sampler, SamplingConfig, sample_seed, warp_scores
 from itersft.toy import build_causal_lm, build_tokenizer
 
 PROMPTS = ["hello", "a much longer prompt than the others", "x", "medium prompt", "hi there"]
@@ -28,6 +29,7 @@ BACKENDS = ["refill", "generate"]
 def _draw(model, tokenizer, prompts, round_index=0, **config):
     config.setdefault("num_samples", 3)
     config.setdefault("max_new_tokens", 8)
+    config.setdefault("chat_template", False)  # the toy tokenizer has a chat template; these prompts are raw text
     return Sampler(model, tokenizer, SamplingConfig(**config)).sample(prompts, round_index)
 
 
@@ -55,8 +57,9 @@ def eos_boost():
 
 def test_counts_ordering_and_meta(causal_model, tokenizer):
     meta = [{"answer": i} for i in range(3)]
-    sampler = Sampler(causal_model, tokenizer, SamplingConfig(num_samples=2, max_new_tokens=4, batch_size=2))
-    samples = sampler.sample(PROMPTS[:3], round_index=0, meta=meta, prompt_offset=10)
+    sampler = Sampler(causal_model, tokenizer, SamplingConfig(num_samples=2, max_new_tokens=4, batch_size=2,
+                                                                  chat_template=False))
+    samples = sampler.sample(PROMPTS[:3], round_index=0, meta=meta, prompt_indices=[10, 11, 12])
     expected = [(p, j) for p in (10, 11, 12) for j in (0, 1)]
     assert [(s.prompt_index, s.sample_index) for s in samples] == expected
     assert [s.prompt for s in samples] == [p for p in PROMPTS[:3] for _ in range(2)]
@@ -87,14 +90,16 @@ def test_samples_do_not_depend_on_batching_order_or_company(causal_model, tokeni
     assert any(s.finished for s in reference) and any(not s.finished for s in reference)
     assert _key(_draw(causal_model, tokenizer, PROMPTS, batch_size=1, backend=backend)) == _key(reference)
     assert _key(_draw(causal_model, tokenizer, PROMPTS, batch_size=2, backend=backend)) == _key(reference)
-    sampler = Sampler(causal_model, tokenizer, SamplingConfig(num_samples=3, max_new_tokens=8, backend=backend))
-    # Each prompt alone, at its index via `prompt_offset`, in reverse order: the same samples.
+    sampler = Sampler(causal_model, tokenizer, SamplingConfig(num_samples=3, max_new_tokens=8, backend=backend,
+                                                              chat_template=False))
+    # Each prompt alone, at its index via `prompt_indices`, in reverse order: the same samples.
     alone = [s for i in reversed(range(len(PROMPTS)))
-             for s in sampler.sample([PROMPTS[i]], 0, prompt_offset=i)]
+             for s in sampler.sample([PROMPTS[i]], 0, prompt_indices=[i])]
     assert sorted(_key(alone)) == _key(reference)
-    # Two ranks, each sampling its contiguous share of the prompts at its offset: the same samples.
-    split = sampler.sample(PROMPTS[:3], 0, prompt_offset=0) + sampler.sample(PROMPTS[3:], 0, prompt_offset=3)
-    assert _key(split) == _key(reference)
+    # Two ranks, each sampling an interleaved share of the prompts at their indices: the same samples.
+    split = (sampler.sample(PROMPTS[0::2], 0, prompt_indices=list(range(0, len(PROMPTS), 2)))
+             + sampler.sample(PROMPTS[1::2], 0, prompt_indices=list(range(1, len(PROMPTS), 2))))
+    assert sorted(_key(split)) == _key(reference)
 
 
 @pytest.mark.parametrize("warps", [{}, {"temperature": 0.7, "top_k": 5, "top_p": 0.9}, {"temperature": 0.0}])
@@ -282,7 +287,7 @@ def test_backend_choice(causal_model, seq2seq_model, tokenizer):
 
 
 def test_sample_argument_validation(causal_model, tokenizer):
-    sampler = Sampler(causal_model, tokenizer, SamplingConfig(max_new_tokens=2))
+    sampler = Sampler(causal_model, tokenizer, SamplingConfig(max_new_tokens=2, chat_template=False))
     with pytest.raises(ValueError, match="`meta` has 1 entries"):
         sampler.sample(["a", "b"], round_index=0, meta=[{}])
     with pytest.raises(ValueError, match="`round_index`"):

@@ -95,7 +95,8 @@ def test_first_and_second_tokens_follow_the_exact_distribution(sharpened, backen
     model, tokenizer = sharpened
     eos = tokenizer.eos_token_id
     config = SamplingConfig(num_samples=DRAWS_PER_PROMPT, max_new_tokens=2, temperature=TEMPERATURE, top_k=TOP_K,
-                            top_p=TOP_P, batch_size=2, seed=0, backend=backend)
+                            top_p=TOP_P, batch_size=2, seed=0, backend=backend,
+                            chat_template=False)  # raw prompts: the reference's ids are `tokenizer(prompt)`
     samples = Sampler(model, tokenizer, config).sample(PROMPTS, round_index=0)
     conditionals_checked = 0
     for index, prompt in enumerate(PROMPTS):

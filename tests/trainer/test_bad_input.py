@@ -102,3 +102,35 @@ def test_datasets_column_is_accepted(trainer):
     column = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]]}).with_format("torch")["input_ids"]
     assert trainer.step(input_ids=column)["samples"] == 2
     assert trainer.step(input_ids=(IDS, IDS))["samples"] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_narrow_integer_ids_with_valid_values_train_like_long_ones(tmp_path, causal_model, tokenizer, dtype):
+    """The vocabulary check used to overflow narrow dtypes and reject valid ids."""
+    import copy
+
+    twin = copy.deepcopy(causal_model)
+    config = IterativeSFTConfig(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2)
+    narrow = IterativeSFTTrainer(causal_model, config, tokenizer=tokenizer).step(input_ids=[IDS.to(dtype)])
+    wide = IterativeSFTTrainer(twin, config, tokenizer=tokenizer).step(input_ids=[IDS])
+    assert narrow["loss"] == wide["loss"] and narrow["updates"] == 1
+
+
+def test_an_empty_seq2seq_source_is_named(tmp_path, seq2seq_model, tokenizer):
+    config = IterativeSFTConfig(output_dir=str(tmp_path), report_to="none")
+    trainer = IterativeSFTTrainer(seq2seq_model, config, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"`texts\[1\]` \(the encoder's source\) tokenizes to no tokens"):
+        trainer.step(texts=["fine", ""], texts_labels=["a", "b"])
+
+
+def test_a_sample_longer_than_learned_positions_is_cut_with_a_warning(tmp_path, tokenizer, caplog):
+    """GPT-2 learns one embedding per position: past `n_positions` it used to fail with an IndexError."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    config = IterativeSFTConfig(output_dir=str(tmp_path), report_to="none")
+    trainer = IterativeSFTTrainer(model, config, tokenizer=tokenizer)
+    assert trainer.facts.max_positions == 16
+    stats = trainer.step(texts=["a" * 40, "short"])
+    assert stats["updates"] == 1 and stats["real_tokens"] == 16 + 6
+    assert "1 sample(s) are longer than the model's 16 positions" in caplog.text

@@ -21,7 +21,7 @@ from transformers import (
     TrainingArguments,
 )
 
-import itersft.trainer as trainer_module
+import itersft.trainer.trainer as trainer_module
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 # prompt "ab" (2 tokens) + completion "cdefghij" (8 tokens + EOS): 11 tokens, 9 of them completion.
@@ -153,6 +153,34 @@ def test_optimize_device_cache_honoured(causal_model, tokenizer, tmp_path, monke
     trainer.step(texts=["hello"])
     trainer.step(texts=["world"])
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(("given", "configured"), [
+    ({"truncation_mode": "keep_end"}, {"truncation_mode": "keep_start"}),
+    ({"optimize_device_cache": False}, {"optimize_device_cache": True}),
+])
+def test_an_explicit_constructor_setting_that_args_contradicts_raises(causal_model, tokenizer, tmp_path, given,
+                                                                      configured):
+    """Passing the default value explicitly is still passing it: it must not silently lose to `args`."""
+    (name,) = given
+    with pytest.raises(ValueError, match=f"`{name}` is .* here but .* in `args`"):
+        IterativeSFTTrainer(causal_model, config(tmp_path, **configured), tokenizer, **given)
+
+
+def test_an_explicit_constructor_setting_wins_over_the_args_default(causal_model, tokenizer, tmp_path):
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer, truncation_mode="keep_start",
+                                  optimize_device_cache=True)
+    assert trainer.settings.truncation_mode == "keep_start" and trainer.settings.optimize_device_cache is True
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path, truncation_mode="keep_start"), tokenizer)
+    assert trainer.settings.truncation_mode == "keep_start"  # left out: the config's value
+
+
+@pytest.mark.parametrize("bad", [{"max_length": True}, {"per_device_train_batch_size": True},
+                                 {"shuffle_samples": 1}, {"learning_rate": float("inf")}])
+def test_bools_are_not_numbers_and_numbers_are_not_bools(tmp_path, bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        config(tmp_path, **bad)
 
 
 def test_optimize_device_cache_off_by_default(causal_model, tokenizer, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-import itersft.trainer as trainer_module
+import itersft.trainer.trainer as trainer_module
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 TEXTS = ["hello world", "the cat sat on the mat", "abc"]

@@ -20,7 +20,7 @@ from itersft import IterativeSFTConfig, IterativeSFTTrainer
 
 LR = 1e-3
 KEYS = {"loss", "learning_rate", "grad_norm", "updates", "skipped_updates", "samples", "skipped_samples",
-        "trained_tokens", "total_tokens", "padded_tokens", "step_time", "tokens_per_second", "global_step"}
+        "trained_tokens", "real_tokens", "padded_tokens", "step_time", "tokens_per_second", "global_step"}
 
 
 def config(tmp_path, **kwargs) -> IterativeSFTConfig:
@@ -146,7 +146,7 @@ def test_logging_every_update_matches_returned_stats(causal_model, tokenizer, tm
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["step"] for entry in logs] == [1, 2]
     for entry, stats in zip(logs, returned):
-        for key in ("loss", "learning_rate", "grad_norm", "trained_tokens", "total_tokens", "padded_tokens",
+        for key in ("loss", "learning_rate", "grad_norm", "trained_tokens", "real_tokens", "padded_tokens",
                     "updates", "samples", "skipped_samples", "skipped_updates"):
             assert entry[key] == pytest.approx(stats[key], rel=1e-12), key
 
@@ -192,10 +192,10 @@ def test_stats_counts_for_known_input(causal_model, tokenizer, tmp_path):
     assert stats["samples"] == 3 and stats["skipped_samples"] == 1
     assert stats["updates"] == 2 and stats["skipped_updates"] == 0 and stats["global_step"] == 2
     assert stats["trained_tokens"] == sum(n - 1 for n in lengths)  # the first token is never predicted
-    assert stats["total_tokens"] == sum(lengths)
+    assert stats["real_tokens"] == sum(lengths)
     assert stats["padded_tokens"] == 2 * max(lengths[:2]) + lengths[2]  # micro-batches [abc, hello], [xy]
     assert stats["step_time"] > 0
-    assert stats["tokens_per_second"] == pytest.approx(stats["total_tokens"] / stats["step_time"], rel=1e-6)
+    assert stats["tokens_per_second"] == pytest.approx(stats["real_tokens"] / stats["step_time"], rel=1e-6)
     assert stats["learning_rate"] == pytest.approx(LR)
     assert math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
 

@@ -164,22 +164,32 @@ def test_max_length_truncates_the_sequence_axis(tmp_path, causal_model, tokenize
                                   tokenizer=tokenizer)
     stats = trainer.step(input_ids=input_ids)
     assert stats["samples"] == len(input_ids)
-    assert stats["total_tokens"] == 4 * len(input_ids) - 1  # the 3-token sample stays whole
+    assert stats["real_tokens"] == 4 * len(input_ids) - 1  # the 3-token sample stays whole
     assert stats["loss"] == pytest.approx(expected_loss, rel=1e-5)
 
 
-def test_texts_labels_must_align_for_causal(tmp_path, causal_model, tokenizer):
-    trainer = IterativeSFTTrainer(causal_model, _config(tmp_path), tokenizer=tokenizer)
+def test_texts_labels_are_the_causal_targets(tmp_path, causal_model, tokenizer):
+    """The model learns `texts_labels` token for token (TRL 0.23 tokenised the labels from `texts`)."""
+    before = copy.deepcopy(causal_model)
+    recorder = GradientRecorder()
+    trainer = IterativeSFTTrainer(causal_model, _config(tmp_path), tokenizer=tokenizer, callbacks=[recorder])
     with pytest.raises(ValueError, match="prompts"):
         trainer.step(texts=["abcdef"], texts_labels=["ab"])
     stats = trainer.step(texts=["abcdef"], texts_labels=["abcdeg"])
-    assert stats["updates"] == 1
+    ids, targets = (torch.tensor(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])
+                    for text in ("abcdef", "abcdeg"))
+    expected_loss, expected_grads = _reference(before, [ids], [targets])
+    copied_loss, _ = _reference(before, [ids], [ids])  # what learning `texts` itself would give
+    assert stats["updates"] == 1 and stats["trained_tokens"] == len(ids) - 1
+    assert stats["loss"] == pytest.approx(expected_loss, rel=1e-5) and stats["loss"] != pytest.approx(copied_loss)
+    for name, grad in recorder.grads[0].items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_seq2seq_truncates_source_and_target(tmp_path, seq2seq_model, tokenizer):
     trainer = IterativeSFTTrainer(seq2seq_model, _config(tmp_path, max_length=3), tokenizer=tokenizer)
     stats = trainer.step(texts=["abcdefgh"], texts_labels=["ijklmnop"])
-    assert stats["trained_tokens"] == 3 and stats["total_tokens"] == 6
+    assert stats["trained_tokens"] == 3 and stats["real_tokens"] == 6
 
 
 def test_seq2seq_loss_matches_model_loss(tmp_path, seq2seq_model, tokenizer):
@@ -197,7 +207,7 @@ def test_shuffle_is_reproducible_and_can_be_disabled(tmp_path, causal_dir, token
     """Samples are shuffled from (seed, global_step): the same order on a rerun, given order when off."""
     from transformers import AutoModelForCausalLM
 
-    import itersft.trainer as trainer_module
+    import itersft.trainer.trainer as trainer_module
 
     real_collate = trainer_module.collate
 

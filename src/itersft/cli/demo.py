@@ -1,41 +1,35 @@
 """`itersft demo`: expert iteration on two-digit addition, from scratch, against a control.
 
-1. Build a tiny Llama-style model and a byte-level tokenizer offline, save them, load them back by
-   path (the same `from_pretrained` path a hub id takes).
-2. Seed SFT on a few hundred labelled examples, so the model starts partly competent.
-3. Expert iteration: sample k answers for fresh unlabelled prompts, keep the exactly correct ones,
-   train on them; one table row per round.
-4. Control: the seed model trained for the same number of optimizer updates on the labelled data.
-5. Print both held-out accuracies and write `summary.json` beside the loop's artefacts.
+The protocol lives in `itersft.demo.protocol`; this command picks the settings, pins torch to one
+thread and prints the phases as they finish.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import sys
-import time
-from pathlib import Path
 
 from itersft.cli.table import RoundTable
+from itersft.demo.protocol import DemoCallback
 
 # `--quick`: the same protocol at a size the test suite can afford.
 QUICK = {"rounds": 3, "num_eval": 150}
 
 
+class DemoPrinter(RoundTable, DemoCallback):
+    """The round table, plus the seed SFT's line before it and the verdict after the control."""
+
+    def on_phase_end(self, phase, info):
+        print(f"seed SFT: {info['updates']} updates on {info['labelled']} labelled examples, "
+              f"held-out accuracy {info['accuracy']:.1%} ({info['seconds']:.0f}s)", file=self.out, flush=True)
+
+
 def main(args) -> int:
     import torch
 
-    from itersft import IterativeSFTConfig, IterativeSFTTrainer
-    from itersft.demo.addition import DEMO_HYPERPARAMETERS, build_demo_model, make_task
-    from itersft.loop.evaluation import evaluate_prompts
-    from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-    from itersft.loop.filters import Compose, Dedup, Threshold
-    from itersft.loop.sampler import SamplingConfig
-    from itersft.toy import build_tokenizer
+    from itersft.demo.addition import DEMO_HYPERPARAMETERS
+    from itersft.demo.protocol import run_demo
 
-    started = time.perf_counter()
     # A model this small gains nothing from a second thread, and two threads contending with any other
     # process on a 2-core machine run 20-40x slower.
     torch.set_num_threads(1)
@@ -44,73 +38,11 @@ def main(args) -> int:
         hp = dataclasses.replace(hp, **QUICK)
     if args.rounds is not None:
         hp = dataclasses.replace(hp, rounds=args.rounds)
-    torch.manual_seed(args.seed)
-    out = Path(args.output_dir)
-    task = make_task(args.seed, num_labelled=hp.num_labelled, num_unlabelled=hp.num_unlabelled,
-                     num_eval=hp.num_eval)
-    base = out / "base"
-    tokenizer = build_tokenizer()
-    build_demo_model(tokenizer, args.seed).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-
-    def trainer_config(name: str) -> IterativeSFTConfig:
-        return IterativeSFTConfig(output_dir=str(out / name), report_to="none", save_strategy="no",
-                                  learning_rate=hp.learning_rate, per_device_train_batch_size=hp.batch_size,
-                                  max_grad_norm=hp.max_grad_norm, logging_steps=10_000, seed=args.seed)
-
-    trainer = IterativeSFTTrainer(str(base), trainer_config("trainer"), callbacks=[RoundTable(sys.stdout)])
-    sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
-                              temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=args.seed)
-    eval_meta = [{"answer": a} for a in task.eval_answers]
-
-    def accuracy(model) -> float:
-        return evaluate_prompts(model, tokenizer, sampling, "exact_match", task.eval_prompts, eval_meta,
-                                pass_score=1.0, num_samples=0, round_index=0)["eval_accuracy"]
-
-    phase = time.perf_counter()
-    for _ in range(hp.seed_epochs):
-        trainer.step(prompts=task.labelled_prompts, completions=task.labelled_completions)
-    seed_updates = trainer.state.global_step
-    seed_state = copy.deepcopy(trainer.model.state_dict())
-    seed_accuracy = accuracy(trainer.model)
-    seed_seconds = time.perf_counter() - phase
-    print(f"seed SFT: {seed_updates} updates on {hp.num_labelled} labelled examples, "
-          f"held-out accuracy {seed_accuracy:.1%} ({seed_seconds:.0f}s)", flush=True)
-
-    phase = time.perf_counter()
-    filters = Compose(Threshold(1.0), Dedup()) if hp.dedup else Threshold(1.0)
-    loop = ExpertIteration(trainer, sampling, "exact_match", filters, LoopConfig(
-        output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
-        train_epochs=hp.epochs_per_round, step_size=10**9, seed=args.seed))
-    history = loop.run(task.unlabelled_prompts, [{"answer": a} for a in task.unlabelled_answers],
-                       eval_prompts=task.eval_prompts, eval_meta=eval_meta)
-    loop_updates = trainer.state.global_step - seed_updates
-    loop_accuracy = history[-1]["eval_accuracy"]
-    loop_seconds = time.perf_counter() - phase
-
-    phase = time.perf_counter()
-    control = IterativeSFTTrainer(str(base), trainer_config("control"))
-    control.model.load_state_dict(seed_state)
-    while control.state.global_step < loop_updates:
-        start = (control.state.global_step * hp.batch_size) % hp.num_labelled
-        chunk = [(start + i) % hp.num_labelled for i in range(hp.batch_size)]
-        control.step(prompts=[task.labelled_prompts[i] for i in chunk],
-                     completions=[task.labelled_completions[i] for i in chunk])
-    control_accuracy = accuracy(control.model)
-    control_seconds = time.perf_counter() - phase
-
-    summary = {
-        "seed": args.seed, "accuracy_before_loop": seed_accuracy, "accuracy_after_loop": loop_accuracy,
-        "accuracy_control": control_accuracy, "lift_over_control_points": 100 * (loop_accuracy - control_accuracy),
-        "seed_updates": seed_updates, "loop_updates": loop_updates, "control_updates": control.state.global_step,
-        "seconds": {"seed_sft": seed_seconds, "loop": loop_seconds, "control": control_seconds,
-                    "total": time.perf_counter() - started},
-        "hyperparameters": dataclasses.asdict(hp),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nheld-out accuracy: seed model {seed_accuracy:.1%} -> expert iteration {loop_accuracy:.1%}; "
-          f"control (seed SFT for the same {loop_updates} updates) {control_accuracy:.1%}")
+    summary = run_demo(args.seed, args.output_dir, hp, callbacks=[DemoPrinter(sys.stdout)])
+    print(f"\nheld-out accuracy: seed model {summary['accuracy_before_loop']:.1%} -> expert iteration "
+          f"{summary['accuracy_after_loop']:.1%}; control (seed SFT for the same {summary['loop_updates']} updates) "
+          f"{summary['accuracy_control']:.1%}")
     print(f"lift over control: {summary['lift_over_control_points']:+.1f} points; "
-          f"wall time {summary['seconds']['total']:.0f}s; run directory {out} "
+          f"wall time {summary['seconds']['total']:.0f}s; run directory {args.output_dir} "
           "(metrics.jsonl, curves.png, summary.json, final/)")
     return 0

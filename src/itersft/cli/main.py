@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module with `add_arguments(parser)` and `main(args)`, one-line help)
@@ -29,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The terminal is the CLI's: it prints its own table and bars, so transformers' bar for every model
+    # load and save is noise; and scoring workers fork, which the tokenizers library warns about unless
+    # its thread pool is off.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     module = importlib.import_module(COMMANDS[args.command][0])
     return module.main(args) or 0
 

@@ -1,20 +1,34 @@
-"""`itersft run CONFIG`: the loop on your model, prompts and scorer. Rerunning resumes."""
+"""`itersft run CONFIG`: the loop on your model, prompts and scorer. Rerunning resumes.
+
+A run config names code that this command imports and runs: a scorer `module:function` is imported
+like any module of a Python script, from the working directory first (as `python -m` would), so run
+only configs you trust.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 
 from itersft.cli import run_config
+from itersft.cli.progress import SamplingBars
 from itersft.cli.table import RoundTable
 
 
 def main(args) -> int:
-    from transformers import AutoTokenizer
-
     from itersft import IterativeSFTTrainer
     from itersft.loop.expert_iteration import ExpertIteration
+    from itersft.loop.run_dir import check_output_dir
+    from itersft.loop.scoring.scorers import resolve_scorer, validate_meta
+    from itersft.model_sources import load_tokenizer_from
+
+    # The installed `itersft` script starts with its own folder on sys.path, not the working directory:
+    # put the working directory first, as `python -m itersft.cli.main` does, so `module:function`
+    # scorers beside the config import the same way under both.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch: rank 0 reports
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
@@ -26,13 +40,29 @@ def main(args) -> int:
     eval_prompts, eval_meta = (run_config.read_prompts("eval_prompts", config["eval_prompts"])
                                if config.get("eval_prompts") else (None, None))
     labelled = run_config.read_labelled(config["labelled"]) if config.get("labelled") else None
-    tokenizer = AutoTokenizer.from_pretrained(config.get("tokenizer") or config["model"])
-    trainer = IterativeSFTTrainer(config["model"], run_config.build_training_args(config), tokenizer=tokenizer,
-                                  peft_config=run_config.build_peft(config), callbacks=[RoundTable(sys.stdout)])
+    sampling = run_config.build_sampling(config)
+    training_args = run_config.build_training_args(config)
     loop_config = run_config.build_loop(config)
-    loop = ExpertIteration(trainer, run_config.build_sampling(config), config["scorer"],
-                           run_config.build_filter(config), loop_config, labelled=labelled)
+    if getattr(args, "resume_changed", False):
+        loop_config = dataclasses.replace(loop_config, resume_changed=True)
+    if main_process:  # before anything loads: a run that could not save its first checkpoint fails now
+        check_output_dir(loop_config.output_dir)
+    # Everything that can be checked without the model is checked before it loads: the scorer and the
+    # metadata it needs, then (with the tokenizer, which is cheap to load) the prompts' format.
+    scorer = resolve_scorer(config["scorer"])
+    validate_meta(scorer, meta, len(prompts), "prompts")
+    if eval_prompts:
+        validate_meta(scorer, eval_meta, len(eval_prompts), "eval_prompts")
+    tokenizer = load_tokenizer_from(config.get("tokenizer") or config["model"],
+                                    None if config.get("tokenizer") else training_args.model_init_kwargs)
+    run_config.check_prompt_format(sampling, tokenizer, prompts, eval_prompts, [s.prompt for s in labelled or []])
+    trainer = IterativeSFTTrainer(config["model"], training_args, tokenizer=tokenizer,
+                                  peft_config=run_config.build_peft(config))
+    loop = ExpertIteration(trainer, sampling, config["scorer"], run_config.build_filter(config), loop_config,
+                           labelled=labelled, callbacks=[SamplingBars(), RoundTable(sys.stdout)],
+                           sources=run_config.describe_sources(config))
     history = loop.run(prompts, meta, eval_prompts=eval_prompts, eval_meta=eval_meta)
+    trainer.end()
     if main_process:
         print(f"done: {len(history)} rounds in {loop_config.output_dir} (metrics.jsonl, curves.png, final/)")
     return 0

@@ -2,6 +2,14 @@
 
 Every section is checked against the fields of the object it configures; an unknown key is an
 error naming the section, the key and the accepted keys, never silently ignored.
+
+Prompts (`prompts`, `eval_prompts`, `labelled`) come from a JSONL file or a `datasets` dataset. The
+prompt column is `prompt_field`; left out, it is `prompt` when the first row has one, else `messages`.
+A cell holding a string is a text prompt, one holding a list of `{role, content}` turns is a chat
+prompt (`itersft.loop.prompts`: known roles, a user turn last). Whether text prompts get the chat
+template, and a system prompt, are `sampling.chat_template` (true | false | auto) and
+`sampling.system_prompt`: the sampling settings say how prompts are shown to the model, and the
+loop trains in the format it sampled in. All of this is checked before any model loads.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import yaml
 from itersft.config import IterativeSFTConfig
 from itersft.loop import filters as filter_module
 from itersft.loop.expert_iteration import LoopConfig
+from itersft.loop.prompts import Prompt, check_format, check_prompts
 from itersft.loop.sampler import SamplingConfig
 from itersft.loop.samples import Sample
 
@@ -61,6 +70,18 @@ def build_loop(config: dict[str, Any]) -> LoopConfig:
     return build_dataclass("loop", LoopConfig, config.get("loop"), output_dir=config["output_dir"])
 
 
+def describe_sources(config: dict[str, Any]) -> dict[str, str]:
+    """Where each prompt set was read from, for `run_identity.json` (a file as its absolute path)."""
+    described = {}
+    for section in ("prompts", "eval_prompts", "labelled"):
+        spec = config.get(section)
+        if isinstance(spec, dict):
+            where = str(Path(spec["path"]).resolve()) if "path" in spec else f"dataset {spec.get('dataset')!r}"
+            options = {k: v for k, v in spec.items() if k not in ("path", "dataset")}
+            described[section] = where + (f" {json.dumps(options, sort_keys=True)}" if options else "")
+    return described
+
+
 def build_filter(config: dict[str, Any]):
     """`filters` is a list of one-key mappings, applied in order, e.g. `[{threshold: 1.0}, {dedup: {}}]`."""
     specs = config.get("filters") or [{"threshold": 1.0}]
@@ -84,26 +105,43 @@ def build_peft(config: dict[str, Any]):
     return build_dataclass("peft", LoraConfig, config["peft"])
 
 
-def read_prompts(section: str, spec: dict[str, Any]) -> tuple[list[str], list[dict]]:
-    """Prompts and per-prompt metadata from a JSONL file (`path`) or a `datasets` dataset."""
+def read_prompts(section: str, spec: dict[str, Any]) -> tuple[list[Prompt], list[dict]]:
+    """Prompts (strings or chat messages, checked) and per-prompt metadata from a JSONL file (`path`) or a
+    `datasets` dataset."""
     rows = _read_rows(section, spec)
-    field = spec.get("prompt_field", "prompt")
+    prompts = _prompt_column(section, spec, rows)
     meta_fields = spec.get("meta_fields", ["answer"])
-    prompts, meta = [], []
-    for number, row in enumerate(rows):
-        if field not in row:
-            raise ValueError(f"`{section}` row {number} has no `{field}` field (set `prompt_field`).")
-        prompts.append(str(row[field]))
-        meta.append({name: row[name] for name in meta_fields if name in row})
-    return prompts, meta
+    return prompts, [{name: row[name] for name in meta_fields if name in row} for row in rows]
 
 
 def read_labelled(spec: dict[str, Any]) -> list[Sample]:
-    """Labelled (prompt, completion) pairs to mix into training."""
+    """Labelled (prompt, completion) pairs to mix into training; a prompt may be chat messages."""
     rows = _read_rows("labelled", spec)
-    prompt_field, completion_field = spec.get("prompt_field", "prompt"), spec.get("completion_field", "completion")
-    return [Sample(prompt=str(row[prompt_field]), completion=str(row[completion_field]), prompt_index=i,
-                   sample_index=0) for i, row in enumerate(rows)]
+    prompts = _prompt_column("labelled", spec, rows)
+    completion_field = spec.get("completion_field", "completion")
+    missing = [number for number, row in enumerate(rows) if completion_field not in row]
+    if missing:
+        raise ValueError(f"`labelled` rows {missing[:10]} have no `{completion_field}` field (set `completion_field`).")
+    return [Sample(prompt=prompt, completion=str(row[completion_field]), prompt_index=i, sample_index=0)
+            for i, (prompt, row) in enumerate(zip(prompts, rows))]
+
+
+def check_prompt_format(sampling: SamplingConfig, tokenizer, *prompt_lists: list[Prompt] | None) -> None:
+    """Refuse, before the model loads, a prompt format the tokenizer cannot give (`itersft.loop.prompts`)."""
+    every_prompt = [prompt for prompts in prompt_lists if prompts for prompt in prompts]
+    check_format(sampling.chat_template, sampling.system_prompt, every_prompt, tokenizer)
+
+
+def _prompt_column(section: str, spec: dict[str, Any], rows: list[dict]) -> list[Prompt]:
+    """The prompt cells: strings stay strings (other scalars become strings), lists are chat messages."""
+    field = spec.get("prompt_field") or next((f for f in ("prompt", "messages") if rows and f in rows[0]), "prompt")
+    missing = [number for number, row in enumerate(rows) if field not in row]
+    if missing:
+        raise ValueError(f"`{section}` rows {missing[:10]} have no `{field}` field: set `prompt_field` to the column "
+                         "holding the prompt (a string, or a list of {role, content} messages).")
+    prompts = [row[field] if isinstance(row[field], (list, tuple)) else str(row[field]) for row in rows]
+    check_prompts(prompts, section)
+    return prompts
 
 
 def _read_rows(section: str, spec: dict[str, Any]) -> list[dict]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import TrainerCallback
+from itersft.loop.callbacks import LoopCallback
 
 COLUMNS = (("round", "round", "{:>5.0f}"), ("samples_drawn", "drawn", "{:>6.0f}"), ("samples_kept", "kept", "{:>6.0f}"),
            ("acceptance_rate", "accept", "{:>6.2f}"), ("train_loss", "loss", "{:>6.3f}"),
@@ -23,17 +23,15 @@ def row(metrics: dict) -> str:
     return "  ".join(cells)
 
 
-class RoundTable(TrainerCallback):
-    """A callback that prints a table row whenever the loop logs a round's metrics."""
+class RoundTable(LoopCallback):
+    """A loop callback that prints a table row when each round ends (the header before the first)."""
 
     def __init__(self, out):
         self.out = out
         self.printed_header = False
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loop/round" not in logs:
-            return
+    def on_round_end(self, metrics):
         if not self.printed_header:
             print(header(), file=self.out, flush=True)
             self.printed_header = True
-        print(row({k.removeprefix("loop/"): v for k, v in logs.items()}), file=self.out, flush=True)
+        print(row(metrics), file=self.out, flush=True)

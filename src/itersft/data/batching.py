@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from itersft.data.example import Example
+from itersft.data.packing import can_pack, packing_pays
+
 
 def shuffled(items: list, seed: int, salt: int) -> list:
     """A permutation of `items` that depends only on (`seed`, `salt`), so reruns and resumes match."""
@@ -43,3 +46,22 @@ def by_length(window: list[list], length) -> list[list]:
         batches.append(items[start : start + len(batch)])
         start += len(batch)
     return batches
+
+
+def lay_out_window(window: list[list[Example]], batching: str, packs: bool, hidden_size: int,
+                   flash_attention: bool) -> list[tuple[list[Example], bool]]:
+    """The micro-batches of one accumulation window as they run, each with whether it is packed.
+
+    `batching` is the trainer's setting (`IterativeSFTConfig.batching`): every mode but `padded` regroups
+    the window's samples by length (`by_length`); `packed` packs every micro-batch that can be, `auto`
+    those where `packing.packing_pays`. A micro-batch is packed only for a model that `packs` (see
+    `ModelFacts.packs`) and when none of its samples has padding inside it. Empty micro-batches (a rank
+    with no samples left) stay empty and unpacked.
+    """
+    if batching != "padded":
+        window = by_length(window, Example.size)
+    packable = packs and batching in ("packed", "auto")
+    return [(batch, packable and bool(batch) and can_pack(batch)
+             and (batching == "packed" or packing_pays([len(e.input_ids) for e in batch], hidden_size,
+                                                        flash_attention)))
+            for batch in window]

@@ -17,20 +17,17 @@ def collate(examples: list[Example], pad_token_id: int, is_encoder_decoder: bool
     passed. Labels of padding are -100, whatever the pad token is, so a real EOS equal to the pad
     token still carries loss.
 
-    `packed=True` (causal only) gives one padding-free row instead (`itersft.data.packing`) when the
-    samples have no padding inside them; seq2seq batches are always padded.
+    `packed=True` gives one padding-free row instead (`itersft.data.packing`); whether a micro-batch may
+    be packed (causal, no padding inside a sample) is decided by `batching.lay_out_window`.
     """
-    if packed and not is_encoder_decoder and can_pack(examples):
+    if packed:
+        assert not is_encoder_decoder and can_pack(examples), "lay_out_window packs causal, unpadded samples only"
         return pack(examples)
-    batch = {
+    return {
         "input_ids": pad_sequence([e.input_ids for e in examples], batch_first=True, padding_value=pad_token_id),
         "attention_mask": pad_sequence([e.attention_mask for e in examples], batch_first=True, padding_value=0),
         "labels": pad_sequence([e.labels for e in examples], batch_first=True, padding_value=IGNORE_INDEX),
     }
-    if not is_encoder_decoder:
-        # Positions that are padded within a sample (attention_mask 0) never carry loss.
-        batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-    return batch
 
 
 class ExampleCollator:
@@ -54,8 +51,7 @@ class ExampleCollator:
             labels = row.get("labels")
             if labels is None and self.is_encoder_decoder:
                 raise ValueError("Evaluation rows for a seq2seq model need a `labels` column (the targets).")
-            labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX) if labels is None else torch.as_tensor(
-                labels, dtype=torch.long
-            )
-            examples.append(Example(input_ids, mask, labels))
+            labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+            examples.append(Example(input_ids, mask, labels) if self.is_encoder_decoder
+                            else Example.causal(input_ids, mask, labels))
         return examples

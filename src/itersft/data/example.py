@@ -15,6 +15,7 @@ class Example:
 
     Causal LM: `input_ids`, `attention_mask` and `labels` have the same length, and `labels` holds the
     token to predict at each position *before* the one-position shift the loss applies (-100 = no loss).
+    Build causal examples with `Example.causal`, which applies the one rule for what a label token is.
     Seq2seq: `input_ids`/`attention_mask` are the encoder source and `labels` the decoder target.
     """
 
@@ -22,10 +23,23 @@ class Example:
     attention_mask: torch.Tensor
     labels: torch.Tensor
 
+    @classmethod
+    def causal(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None) -> Example:
+        """A causal example. A label token is a position whose label is not -100 *and* whose attention mask
+        is 1: a label under padding (mask 0) is never trained, so it is made -100 here, once, and every later
+        stage (collation, the window's token count, the statistics, evaluation) counts the same tokens.
+        `labels=None` learns every attended token."""
+        labels = input_ids if labels is None else labels
+        return cls(input_ids, attention_mask, labels.masked_fill(attention_mask == 0, IGNORE_INDEX))
+
     def num_loss_tokens(self, shifted: bool) -> int:
         """Tokens that carry loss; for a causal LM the first position never does (nothing predicts it)."""
         labels = self.labels[1:] if shifted else self.labels
         return int((labels != IGNORE_INDEX).sum())
+
+    def size(self) -> tuple[int, int]:
+        """`(source length, target length)`: the key samples are sorted by so that similar ones share a batch."""
+        return len(self.input_ids), len(self.labels)
 
     def num_real_tokens(self, is_encoder_decoder: bool) -> int:
         """Non-padding tokens processed: the source plus, for seq2seq, the target."""

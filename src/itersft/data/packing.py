@@ -10,7 +10,8 @@ that, after the loss's one-position shift, the last token of a sample is not ask
 first token of the next; that label never carried loss anyway (nothing precedes it).
 
 Samples whose attention mask has zeros (padding the caller left inside) are not packed: dropping
-those tokens would renumber positions, so such micro-batches stay padded.
+those tokens would renumber positions, so such micro-batches stay padded. Which models may be packed is
+a fact of the model (`itersft.trainer.model_facts`); which micro-batches are, `batching.lay_out_window`.
 """
 
 from __future__ import annotations
@@ -39,33 +40,7 @@ def pack(examples: list[Example]) -> dict[str, torch.Tensor]:
     }
 
 
-# Decoders (transformers 5 `model_type`s) known to build their attention mask with
-# `masking_utils.create_causal_mask` / `create_sliding_window_causal_mask` from `position_ids`, and the
-# attention implementations those functions (or flash-attention's varlen path) handle. Elsewhere a
-# packed row could attend across samples, so it is not used.
-PACKABLE_MODEL_TYPES = frozenset({
-    "gemma", "llama", "mistral", "olmo", "olmo2", "phi", "phi3", "qwen2", "qwen3", "smollm3", "stablelm",
-    "starcoder2",
-})
-PACKABLE_ATTENTION = frozenset({"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"})
-
-
-def supports_packing(model) -> bool:
-    """Whether `model` (a `PreTrainedModel` or `PeftModel`) reads sample boundaries from `position_ids`.
-
-    Prompt-learning adapters (prefix or prompt tuning) prepend virtual tokens, so they are excluded.
-    """
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None:
-        if getattr(peft_config, "is_prompt_learning", False):
-            return False
-        model = model.get_base_model()
-    config = getattr(model, "config", None)
-    return (getattr(config, "model_type", None) in PACKABLE_MODEL_TYPES
-            and getattr(config, "_attn_implementation", None) in PACKABLE_ATTENTION)
-
-
-def packing_pays(lengths: list[int], model) -> bool:
+def packing_pays(lengths: list[int], hidden_size: int, flash_attention: bool) -> bool:
     """Whether one packed row of samples of these `lengths` should cost less than right-padding them.
 
     With flash-attention kernels a packed row is attended sample by sample, so packing always pays.
@@ -75,9 +50,8 @@ def packing_pays(lengths: list[int], model) -> bool:
     `b` rows of `m` when n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks
     padding for length-sorted micro-batches (little padding to save) and packing for mixed ones.
     """
-    base = model.get_base_model() if getattr(model, "active_peft_config", None) is not None else model
-    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash"):
+    if flash_attention:
         return True
-    hidden = 3 * int(getattr(base.config, "hidden_size", 0) or 0)
+    hidden = 3 * hidden_size
     tokens, longest = sum(lengths), max(lengths)
     return tokens * (hidden + tokens) < len(lengths) * longest * (hidden + longest)

@@ -1,1 +1,2 @@
-"""Built-in demo tasks for `itersft demo`: tiny models trained from scratch on verifiable tasks."""
+"""The built-in demo: offline toy models and tokenizer (`toy`), the addition task (`addition`) and the
+protocol `itersft demo` runs (`protocol`)."""

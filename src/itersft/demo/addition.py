@@ -31,7 +31,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from itersft.toy import build_causal_lm
+from itersft.checks import Problems
+from itersft.demo.toy import build_causal_lm
 
 # Operands are exactly two digits, so every prompt has the same length ("ab+cd=", six tokens) and
 # the sampler's batches need no padding.
@@ -122,14 +123,13 @@ def make_task(seed: int, num_labelled: int = DEMO_HYPERPARAMETERS.num_labelled,
     no prompt is in two splits ("12+34=" and "34+12=" are different prompts).
     """
     sizes = {"num_labelled": num_labelled, "num_unlabelled": num_unlabelled, "num_eval": num_eval}
-    problems = [f"`{name}` must be an integer >= 0, got {value!r}." for name, value in sizes.items()
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0]
+    problems = Problems("make_task arguments")
+    valid = all([problems.integer(name, value, minimum=0) for name, value in sizes.items()])
     pairs = [(a, b) for a in range(_LOW, _HIGH + 1) for b in range(_LOW, _HIGH + 1)]
-    if not problems and sum(sizes.values()) > len(pairs):
-        problems.append(f"`num_labelled` + `num_unlabelled` + `num_eval` = {sum(sizes.values())} exceeds the "
-                        f"{len(pairs)} distinct two-digit problems; ask for fewer.")
-    if problems:
-        raise ValueError("Invalid make_task arguments:\n  - " + "\n  - ".join(problems))
+    if valid and sum(sizes.values()) > len(pairs):
+        problems.add(f"`num_labelled` + `num_unlabelled` + `num_eval` = {sum(sizes.values())} exceeds the "
+                     f"{len(pairs)} distinct two-digit problems; ask for fewer.")
+    problems.raise_if_any()
     random.Random(seed).shuffle(pairs)
     evaluation = pairs[:num_eval]
     labelled = pairs[num_eval : num_eval + num_labelled]

@@ -19,12 +19,12 @@ import copy
 import dataclasses
 import hashlib
 import math
-import numbers
 import random
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from itersft.checks import Problems
 from itersft.loop.samples import Sample
 
 
@@ -35,9 +35,14 @@ def _rng(purpose: str, seed: int, round_index: int) -> random.Random:
 
 
 def _check_int(name: str, value: object, minimum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise ValueError(f"`{name}` must be an integer{bound}; got {value!r}")
+    problems = Problems("replay buffer argument")
+    problems.integer(name, value, minimum=minimum)
+    problems.raise_if_any()
+
+
+def check_labelled_ratio(value: object, problems: Problems) -> None:
+    """The share of labelled data in a round's training set must be in [0, 1)."""
+    problems.number("labelled_ratio", value, minimum=0, maximum=1, exclusive_maximum=True)
 
 
 class ReplayBuffer:
@@ -134,10 +139,11 @@ def mix_with_labelled(
     one is repeated as many whole times as fit and the rest drawn without replacement. The draw
     depends only on (`seed`, `round_index`). The returned list holds the given objects, not copies.
     """
-    if isinstance(labelled_ratio, bool) or not isinstance(labelled_ratio, numbers.Real) or not 0 <= labelled_ratio < 1:
-        raise ValueError(f"`labelled_ratio` must be a number in [0, 1); got {labelled_ratio!r}")
-    _check_int("seed", seed)
-    _check_int("round_index", round_index)
+    problems = Problems("mix_with_labelled arguments")
+    check_labelled_ratio(labelled_ratio, problems)
+    problems.integer("seed", seed)
+    problems.integer("round_index", round_index)
+    problems.raise_if_any()
     count = math.floor(labelled_ratio * len(generated) / (1 - labelled_ratio) + 0.5)
     if count == 0:
         return list(generated)

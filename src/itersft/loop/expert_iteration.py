@@ -5,8 +5,9 @@ One round:
 1. **Generate**: draw k completions for each of this round's prompts with the model being trained.
 2. **Score**: a plain scorer callable gives each sample a float, or None when it cannot score it.
 3. **Filter**: keep what deserves training (a threshold, best-of-k, top-%, dedup, ...).
-4. **Train**: `trainer.step(prompts=..., completions=...)` on the kept samples, optionally with
-   replayed samples from earlier rounds and original labelled data mixed in.
+4. **Train**: `trainer.step(prompts=..., completions=...)` on the kept samples (`step(messages=...)`
+   for prompts that went through the chat template, so only the assistant turn is learned),
+   optionally with replayed samples from earlier rounds and original labelled data mixed in.
 5. **Evaluate and checkpoint**: held-out accuracy, per-round metrics, and an atomic checkpoint of
    everything needed to resume (model, optimizer, scheduler, RNG, buffer, round index).
 
@@ -21,8 +22,24 @@ The methods it covers, by option:
 * RFT (Yuan et al. 2023): `Threshold(1.0)` then `Dedup()` to keep distinct reasoning paths.
   Left out: pooling samples from several models.
 
+Prompts are strings or chat messages; `SamplingConfig.chat_template` and `system_prompt` say how they
+reach the model (`itersft.loop.prompts`), and every sample is trained in the format it was drawn in.
+
 Completions that hit `max_new_tokens` before EOS are never trained on: they would teach the model to
 stop where it was cut off. They are counted as `samples_unfinished`.
+
+Seeds, one job each, so a rerun or a resume repeats the run exactly:
+
+* `SamplingConfig.seed` fixes every draw, per (round, prompt, sample): which prompts share a batch or
+  a rank does not change what a prompt's samples are.
+* `LoopConfig.seed` fixes the loop's own choices: which replayed and labelled samples join a round,
+  and the order in which a round's training set is cut into `step()` calls.
+* The trainer's `args.seed` fixes initialisation (adapters), dropout and the order of the samples
+  inside each `step()` call (`shuffle_samples`).
+
+The loop talks to the trainer through its public API only: `step()`, `reset_optimizer()`,
+`save_checkpoint()`, `resume_from_checkpoint()`, `save_model()`, `log()`, `finish_run()`, and the attributes
+`model`, `tokenizer`, `ranks`, `state`, `args`, `shards_parameters`.
 """
 
 from __future__ import annotations
@@ -30,86 +47,30 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from itersft.checkpoint import write_json_atomic
+from itersft.atomic import atomic_directory, staging_path, write_json_atomic
 from itersft.data.batching import shuffled
-from itersft.distributed import Ranks
 from itersft.loop.buffer import ReplayBuffer, mix_with_labelled
+from itersft.loop.callbacks import LoopCallback
 from itersft.loop.evaluation import evaluate_prompts
+from itersft.loop.full_disk import reporting_full_disk
+from itersft.loop.loop_config import LoopConfig
 from itersft.loop.metrics import round_sample_metrics
+from itersft.loop.prompts import Prompt, PromptRenderer, check_format, check_prompts
 from itersft.loop.run_dir import RunDirectory
+from itersft.loop.run_identity import check_run_identity, describe_run, weights_fingerprint
 from itersft.loop.sampler import Sampler, SamplingConfig
 from itersft.loop.samples import Sample
-from itersft.loop.scorers import Scorer, resolve_scorer, score_samples
+from itersft.loop.scoring.pool import scorer_name
+from itersft.loop.scoring.report import stop_if_every_sample_failed
+from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
+
+__all__ = ["ExpertIteration", "LoopConfig"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LoopConfig:
-    """How the loop runs.
-
-    Attributes:
-        output_dir: the run directory: round checkpoints, `metrics.jsonl`, `curves.png`, `final/`.
-        rounds: number of generate -> train rounds.
-        prompts_per_round: prompts sampled per round, taken as consecutive fresh slices of the prompt
-            list (wrapping around); None: every prompt every round.
-        train_epochs: passes over a round's training set.
-        step_size: samples per `trainer.step()` call; each call makes
-            ceil(step_size / (batch size x accumulation)) optimizer updates.
-        restart_from_base: train each round from the initial weights (ReST-EM, STaR) on that round's
-            data; sampling still uses the latest model. Implies a fresh optimizer each round. Not with
-            DeepSpeed, whose optimizer keeps its own copy of the weights.
-        reset_optimizer: start each round with a fresh optimizer state and LR schedule (warmup again).
-        buffer_capacity: kept samples remembered across rounds (oldest evicted first); 0: no buffer;
-            None: unbounded.
-        replay_samples: samples drawn from the buffer (earlier rounds) into each round's training set.
-        labelled_ratio: share of each round's training set made of the original labelled data.
-        pass_score: a sample is correct when its score is at least this (pass@k, accuracy).
-        eval_samples: k for held-out pass@k; 0: greedy accuracy only.
-        fail_fast: let a scorer's exception stop the loop instead of marking the sample unscorable.
-        seed: seeds the order of training samples and the buffer's draws.
-        progress: show tqdm bars while sampling (the CLI turns this on).
-    """
-
-    output_dir: str
-    rounds: int = 4
-    prompts_per_round: int | None = None
-    train_epochs: int = 1
-    step_size: int = 64
-    restart_from_base: bool = False
-    reset_optimizer: bool = False
-    buffer_capacity: int | None = 0
-    replay_samples: int = 0
-    labelled_ratio: float = 0.0
-    pass_score: float = 1.0
-    eval_samples: int = 0
-    fail_fast: bool = False
-    seed: int = 0
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("rounds", "train_epochs", "step_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"`{name}` must be an int >= 1, got {getattr(self, name)!r}.")
-        for name in ("replay_samples", "eval_samples"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                problems.append(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
-        if self.prompts_per_round is not None and (not isinstance(self.prompts_per_round, int)
-                                                   or self.prompts_per_round < 1):
-            problems.append(f"`prompts_per_round` must be None or an int >= 1, got {self.prompts_per_round!r}.")
-        if self.buffer_capacity is not None and (not isinstance(self.buffer_capacity, int) or self.buffer_capacity < 0):
-            problems.append(f"`buffer_capacity` must be None or an int >= 0, got {self.buffer_capacity!r}.")
-        if self.replay_samples and self.buffer_capacity == 0:
-            problems.append("`replay_samples` > 0 needs a buffer: set `buffer_capacity` (None = unbounded).")
-        if not 0 <= self.labelled_ratio < 1:
-            problems.append(f"`labelled_ratio` must be in [0, 1), got {self.labelled_ratio!r}.")
-        if problems:
-            raise ValueError("Invalid LoopConfig:\n- " + "\n- ".join(problems))
 
 
 class ExpertIteration:
@@ -119,44 +80,62 @@ class ExpertIteration:
         trainer: an `IterativeSFTTrainer`; its model is the one sampled from and trained.
         sampling: how completions are drawn (`SamplingConfig`).
         scorer: `(prompts, completions, **meta) -> list[float | None]`, a built-in name
-            (`"exact_match"`, `"numeric_answer"`) or `"module:function"`.
+            (`"exact_match"`, `"numeric"`, `"math"`, `"code"`; see `scorers`) or `"module:function"`.
+            It runs per sample in worker processes under `config.score_timeout` (see `scoring.pool`).
         filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`.
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
-            `config.labelled_ratio`.
+            `config.labelled_ratio`. Their prompts go through the chat template as sampled prompts do
+            (a labelled sample with `messages` already set keeps them).
+        callbacks: `LoopCallback`s, called on the main process (progress, per-round metrics).
+        sources: where the prompts came from, e.g. `{"prompts": "data/train.jsonl"}`: recorded in
+            `run_identity.json` for whoever reads it, never compared (the prompts' hash is).
+
+    Built, it has checked that `config.output_dir` is writable and fingerprinted the model's weights
+    for the run's identity (`run_identity`), before any resume loads a checkpoint into them.
     """
 
     def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str, filter, config: LoopConfig,
-                 labelled: list[Sample] | None = None):
+                 labelled: list[Sample] | None = None, callbacks: list[LoopCallback] | None = None,
+                 sources: dict[str, str] | None = None):
         if config.restart_from_base and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError("`restart_from_base` does not work under DeepSpeed: its ZeRO optimizer keeps its own "
                              "float32 copy of the weights, which loading the base weights would not reset (the next "
                              "update would bring the trained weights back). Use DDP or FSDP2, or turn it off.")
         if config.labelled_ratio > 0 and not labelled:
             raise ValueError("`labelled_ratio` > 0 needs `labelled` samples to mix in.")
+        self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)  # writable, or raise
         self.trainer = trainer
         self.sampling = sampling
         self.scorer = resolve_scorer(scorer)
+        self._scorer_spec = scorer  # a name or import path stays one in the run's identity
+        self.sources = dict(sources or {})
+        if config.score_in_process:
+            logger.warning("score_in_process: the scorer runs in this process with no timeout; a scorer that hangs "
+                           "hangs the run and one that crashes ends it.")
         self.filter = filter
         self.config = config
         self.labelled = list(labelled or [])
-        self.ranks = Ranks(trainer.accelerator)
-        self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)
+        self.callbacks = list(callbacks or []) if trainer.is_world_process_zero() else []
         self.buffer = ReplayBuffer(config.buffer_capacity, seed=config.seed) if config.buffer_capacity != 0 else None
         # The initial weights, kept on CPU for `restart_from_base` (taken before any resume).
         self._base_state = ({k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
                             if config.restart_from_base else None)
+        self._weights = weights_fingerprint(trainer)
 
-    @property
-    def tokenizer(self):
-        return self.trainer.encoder.tokenizer
-
-    def run(self, prompts: list[str], meta: list[dict] | None = None, eval_prompts: list[str] | None = None,
+    def run(self, prompts: list[Prompt], meta: list[dict] | None = None, eval_prompts: list[Prompt] | None = None,
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
-        `meta[i]` is passed to the scorer with prompt i (e.g. `{"answer": "42"}`). Rerunning the same
-        call after an interruption resumes after the last complete round.
+        A prompt is a string or chat messages (see `itersft.loop.prompts`). `meta[i]` is passed to the
+        scorer with prompt i (e.g. `{"answer": "42"}`). Every prompt, and the metadata the scorer needs
+        (`validate_meta`), is checked before anything is sampled. Rerunning the same call after an
+        interruption resumes after the last complete round, unless the run's identity changed
+        (`run_identity`: a ValueError names every changed field; `LoopConfig.resume_changed` resumes
+        anyway). A round whose scorer fails on every sample stops the run (`ScorerFailedError`), and a
+        full disk is reported as `OSError(ENOSPC)`: rerun once space is freed. At the end `final/` holds the model and
+        tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which fires
+        `on_train_end` as `Trainer.train` does; trackers flush).
         """
         if not prompts:
             raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
@@ -164,6 +143,16 @@ class ExpertIteration:
             raise ValueError(f"`meta` has {len(meta)} entries but `prompts` has {len(prompts)}.")
         if eval_prompts is not None and eval_meta is not None and len(eval_meta) != len(eval_prompts):
             raise ValueError(f"`eval_meta` has {len(eval_meta)} entries but `eval_prompts` has {len(eval_prompts)}.")
+        validate_meta(self.scorer, meta, len(prompts), "meta")
+        if eval_prompts:
+            validate_meta(self.scorer, eval_meta, len(eval_prompts), "eval_meta")
+        self._prepare_prompts(prompts, eval_prompts)
+        identity = describe_run(self.trainer, self._weights, self._scorer_spec, self.filter, self.sampling,
+                                self.config, prompts, meta, eval_prompts, eval_meta, self.labelled)
+        latest = self.run_dir.latest_round_dir()
+        resuming_after = _read_json(latest / "loop_state.json")["round"] if latest is not None else None
+        check_run_identity(self.run_dir.root, identity, resuming_after, self.config.resume_changed,
+                           self.trainer.args.should_save, self.sources)
         state = self._resume()
         if state is None:
             state = {"round": -1, "history": [], "initial": {}}
@@ -173,39 +162,62 @@ class ExpertIteration:
             metrics = self._round(round_index, prompts, meta, eval_prompts, eval_meta)
             state = {"round": round_index, "history": state["history"] + [metrics], "initial": state["initial"]}
             self._checkpoint(round_index, state)
-        self.run_dir.finish(self.trainer, state)
+            for callback in self.callbacks:
+                callback.on_round_end(metrics)
+        self._save_final()
+        with reporting_full_disk(self.run_dir.root, "the run summary (loop_summary.json, curves.png)",
+                                 then="rerun the same command: only `final/` and the summary are written again"):
+            self.run_dir.write_summary(state)
+        self.trainer.finish_run()
+        for callback in self.callbacks:
+            callback.on_run_end(state["history"])
         return state["history"]
+
+    def _prepare_prompts(self, prompts: list[Prompt], eval_prompts: list[Prompt] | None) -> None:
+        """Check every prompt and the prompt format now, and put labelled prompts in the sampled format."""
+        check_prompts(prompts, "prompts")
+        if eval_prompts is not None:
+            check_prompts(eval_prompts, "eval_prompts")
+        check_prompts([s.prompt for s in self.labelled], "labelled prompts")
+        every_prompt = [*prompts, *(eval_prompts or []), *(s.prompt for s in self.labelled)]
+        check_format(self.sampling.chat_template, self.sampling.system_prompt, every_prompt, self.trainer.tokenizer)
+        renderer = PromptRenderer(self.trainer.tokenizer, self.trainer.model, self.sampling.chat_template,
+                                  self.sampling.system_prompt)
+        logger.info("%s", renderer.describe())  # the CLI sets other ranks' level to WARNING
+        self.labelled = [s if s.messages is not None else replace(s, messages=renderer.conversation(s.prompt))
+                         for s in self.labelled]
 
     # ---- one round ----------------------------------------------------------------------------
 
     def _round(self, round_index: int, prompts, meta, eval_prompts, eval_meta) -> dict[str, Any]:
         started = time.perf_counter()
+        trainer, ranks = self.trainer, self.trainer.ranks
         # Each rank samples and scores a contiguous share of the round's prompts; the filter then sees
         # every rank's samples, so best-of-k, top-% and dedup mean the same as in one process.
-        _, indices = self.ranks.block(self._round_prompt_indices(round_index, len(prompts)))
-        lockstep = self.ranks if self.trainer.shards_parameters else None
-        sampler = Sampler(self.trainer.model, self.tokenizer, self.sampling, lockstep=lockstep)
-        runs = _contiguous_runs(indices)
-        if lockstep is not None:  # every rank makes as many sample() calls as the others
-            runs += [(0, [])] * (lockstep.max(len(runs), self.trainer.args.device) - len(runs))
-        local = []
+        _, indices = ranks.block(self._round_prompt_indices(round_index, len(prompts)))
+        sampler = Sampler(trainer.model, trainer.tokenizer, self.sampling,
+                          lockstep=ranks if trainer.shards_parameters else None)
         sampling_started = time.perf_counter()
-        for offset, chunk in runs:
-            chunk_meta = [meta[i] for i in chunk] if meta is not None else None
-            local += sampler.sample([prompts[i] for i in chunk], round_index, meta=chunk_meta,
-                                    prompt_offset=offset, progress=self.config.progress)
+        local = sampler.sample([prompts[i] for i in indices], round_index,
+                               meta=[meta[i] for i in indices] if meta is not None else None,
+                               prompt_indices=indices, progress=self._progress("round", round_index))
         sampling_seconds = time.perf_counter() - sampling_started
-        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast)
-        drawn = self.ranks.gather(local)
-        (scorer_errors,) = self.ranks.sum([report.errors], self.trainer.args.device)
+        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast, options=self.config.scoring)
+        drawn = ranks.gather(local)
+        scorer_errors, timed_out = ranks.sum([report.errors, report.timed_out], trainer.args.device)
+        stop_if_every_sample_failed(scorer_name(self.scorer), report, int(scorer_errors + timed_out), len(drawn),
+                                    f"round {round_index}", self.config.score_timeout)
         kept = self.filter(drawn)
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
         finished = [s for s in kept if s.finished]
         generated_tokens = sum(len(s.completion_ids) for s in drawn)
         metrics.update(samples_unfinished=len(kept) - len(finished), scorer_errors=int(scorer_errors),
+                       samples_timed_out=int(timed_out),
                        sampling_seconds=sampling_seconds,
                        sampling_tokens_per_second=generated_tokens / max(sampling_seconds, 1e-9))
-        self.run_dir.write_accepted(round_index, finished)
+        with reporting_full_disk(self.run_dir.root / "accepted", f"the samples kept in round {round_index}",
+                                 then=_resume_hint(round_index - 1)):
+            self.run_dir.write_accepted(round_index, finished)
 
         replayed = self.buffer.draw(self.config.replay_samples, round_index) if self.config.replay_samples else []
         if self.buffer is not None:
@@ -216,11 +228,22 @@ class ExpertIteration:
         if eval_prompts:
             metrics.update(self._evaluate(eval_prompts, eval_meta, round_index))
         metrics["round_seconds"] = time.perf_counter() - started
-        self.trainer.log({f"loop/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        trainer.log({f"loop/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.info("round %d: kept %d of %d samples, train loss %s, eval accuracy %s", round_index,
                     metrics["samples_kept"], metrics["samples_drawn"], metrics.get("train_loss"),
                     metrics.get("eval_accuracy"))
         return metrics
+
+    def _progress(self, phase: str, round_index: int):
+        """The sampler's progress hook, forwarding to the callbacks (None when there are none)."""
+        if not self.callbacks:
+            return None
+
+        def report(done: int, total: int) -> None:
+            for callback in self.callbacks:
+                callback.on_sampling_progress(phase, round_index, done, total)
+
+        return report
 
     def _round_prompt_indices(self, round_index: int, total: int) -> list[int]:
         """This round's prompts: a fresh consecutive slice (wrapping around), or all of them."""
@@ -234,7 +257,10 @@ class ExpertIteration:
         """Train on the round's samples, `train_epochs` passes in `step_size` chunks.
 
         With several processes every rank holds the same training set and passes its share of each
-        chunk to `step()`, which weighs every token of every rank alike.
+        chunk to `step()`, which weighs every token of every rank alike. The order of each epoch is drawn
+        from `LoopConfig.seed` (see the module docstring); `step()` orders each chunk by its own rule.
+        A chunk holding both chat and raw-text samples (prompts of both kinds) takes one `step()` per
+        kind, chat first, on every rank.
         """
         if self.config.restart_from_base:
             self.trainer.model.load_state_dict(self._base_state)
@@ -245,23 +271,25 @@ class ExpertIteration:
         for epoch in range(self.config.train_epochs if training_set else 0):
             order = shuffled(training_set, self.config.seed, round_index * 1_000 + epoch)
             for start in range(0, len(order), self.config.step_size):
-                _, chunk = self.ranks.block(order[start : start + self.config.step_size])
-                stats = self.trainer.step(prompts=[s.prompt for s in chunk], completions=[s.completion for s in chunk])
-                if stats["trained_tokens"]:
-                    loss_sum += stats["loss"] * stats["trained_tokens"]
-                tokens += stats["trained_tokens"]
-                updates += stats["updates"]
-                real_tokens += stats["total_tokens"]
+                for kind in _by_format(order[start : start + self.config.step_size]):
+                    _, chunk = self.trainer.ranks.block(kind)
+                    stats = self.trainer.step(**_step_inputs(chunk))
+                    if stats["trained_tokens"]:
+                        loss_sum += stats["loss"] * stats["trained_tokens"]
+                    tokens += stats["trained_tokens"]
+                    updates += stats["updates"]
+                    real_tokens += stats["real_tokens"]
         seconds = time.perf_counter() - started
         return {"train_samples": len(training_set), "train_loss": loss_sum / tokens if tokens else None,
                 "train_updates": updates, "global_step": self.trainer.state.global_step,
                 "training_seconds": seconds, "training_tokens_per_second": real_tokens / seconds if seconds else None}
 
     def _evaluate(self, eval_prompts, eval_meta, round_index: int) -> dict[str, Any]:
-        return evaluate_prompts(self.trainer.model, self.tokenizer, self.sampling, self.scorer, eval_prompts,
+        trainer = self.trainer
+        return evaluate_prompts(trainer.model, trainer.tokenizer, self.sampling, self.scorer, eval_prompts,
                                 eval_meta, self.config.pass_score, self.config.eval_samples, round_index,
-                                progress=self.config.progress, ranks=self.ranks,
-                                lockstep=self.trainer.shards_parameters)
+                                ranks=trainer.ranks, lockstep=trainer.shards_parameters,
+                                progress=self._progress("eval", round_index), scoring=self.config.scoring)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -272,8 +300,24 @@ class ExpertIteration:
                 write_json_atomic(staging / "buffer.json", self.buffer.state_dict())
             write_json_atomic(staging / "loop_config.json", asdict(self.config))
 
-        self.trainer.save_checkpoint(self.run_dir.round_dir(round_index), extra=add_loop_state)
-        self.run_dir.write_metrics(state["history"])
+        directory = self.run_dir.round_dir(round_index)
+        with reporting_full_disk(directory, f"the round {round_index} checkpoint", staging_path(directory),
+                                 self.run_dir.is_main, then=_resume_hint(round_index - 1)):
+            self.trainer.save_checkpoint(directory, extra=add_loop_state)
+        for pruned in self.run_dir.prune_rounds(self.config.keep_rounds):
+            logger.info("deleted %s (keep_rounds=%s)", pruned.name, self.config.keep_rounds)
+        with reporting_full_disk(self.run_dir.root / "metrics.jsonl", "the metrics", then=_resume_hint(round_index)):
+            self.run_dir.write_metrics(state["history"])
+
+    def _save_final(self) -> None:
+        """`final/`: the model (or adapters) and tokenizer, loadable with `from_pretrained`, written atomically."""
+        trainer, final = self.trainer, self.run_dir.final_dir
+        with reporting_full_disk(final, "the final model", staging_path(final), trainer.args.should_save,
+                                 then="rerun the same command: only `final/` is written again"):
+            with atomic_directory(final, trainer.args.should_save, trainer.accelerator.wait_for_everyone) as staging:
+                trainer.save_model(str(staging))
+                if trainer.args.should_save:
+                    trainer.processing_class.save_pretrained(str(staging))
 
     def _resume(self) -> dict[str, Any] | None:
         """Load the last complete round, if any; None for a fresh run."""
@@ -289,15 +333,24 @@ class ExpertIteration:
         return state
 
 
-def _contiguous_runs(indices: list[int]) -> list[tuple[int, list[int]]]:
-    """Split indices into runs of consecutive values, as (first index, run) pairs."""
-    runs: list[tuple[int, list[int]]] = []
-    for index in indices:
-        if runs and runs[-1][1][-1] + 1 == index:
-            runs[-1][1].append(index)
-        else:
-            runs.append((index, [index]))
-    return runs
+def _by_format(samples: list[Sample]) -> list[list[Sample]]:
+    """The chat samples, then the raw-text ones (each list in order), leaving out an empty kind."""
+    chat = [s for s in samples if s.messages is not None]
+    raw = [s for s in samples if s.messages is None]
+    return [kind for kind in (chat, raw) if kind]
+
+
+def _step_inputs(samples: list[Sample]) -> dict[str, list]:
+    """`step()` arguments for samples of one kind: the conversation with the completion as the assistant
+    turn, or the raw prompt and completion texts."""
+    if samples and samples[0].messages is not None:
+        return {"messages": [s.training_conversation() for s in samples]}
+    return {"prompts": [s.prompt for s in samples], "completions": [s.completion for s in samples]}
+
+
+def _resume_hint(last_complete_round: int) -> str:
+    return ("rerun the same command: the run resumes after round " + str(last_complete_round)
+            if last_complete_round >= 0 else "rerun the same command: the run starts again at round 0")
 
 
 def _read_json(path: Path):

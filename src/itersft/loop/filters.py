@@ -21,10 +21,10 @@ Each filter is one selection rule from the literature:
 from __future__ import annotations
 
 import math
-import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from itersft.checks import Problems, is_integer
 from itersft.loop.samples import Sample
 
 Filter = Callable[[list[Sample]], list[Sample]]
@@ -33,10 +33,9 @@ Filter = Callable[[list[Sample]], list[Sample]]
 
 def _check_real(name: str, value: object, *, optional: bool = False) -> None:
     """Raise ValueError naming `name` unless `value` is a finite real number (or None if optional)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number; got {value!r}")
+    problems = Problems("filter argument")
+    problems.number(name, value, optional=optional)
+    problems.raise_if_any()
 
 
 def _keep(samples: list[Sample], chosen: Iterable[int]) -> list[Sample]:
@@ -90,7 +89,7 @@ class BestOfK:
     """
 
     def __init__(self, n: int = 1, min_score: float | None = None) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_integer(n) or n < 1:
             raise ValueError(f"`n` must be an integer >= 1 (samples kept per prompt); got {n!r}")
         _check_real("min_score", min_score, optional=True)
         self.n = n

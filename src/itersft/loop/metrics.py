@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from itersft.checks import is_integer
 from itersft.loop.samples import Sample
 
 
@@ -27,7 +28,7 @@ def distinct_n(texts: Iterable[str], n: int, unit: Literal["word", "char"] = "wo
     `unit="word"` splits on whitespace; `unit="char"` uses characters (for languages written without
     spaces). n-grams never span two texts.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_integer(n) or n < 1:
         raise ValueError(f"`n` must be an integer >= 1; got {n!r}")
     if unit not in ("word", "char"):
         raise ValueError(f"`unit` must be 'word' or 'char'; got {unit!r}")
@@ -45,7 +46,7 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     """Probability that at least one of `k` samples, drawn without replacement from `num_samples` of
     which `num_correct` are correct, is correct: `1 - C(n - c, k) / C(n, k)` (Chen et al. 2021)."""
     for name, value in (("num_samples", num_samples), ("num_correct", num_correct), ("k", k)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise ValueError(f"`{name}` must be an integer; got {value!r}")
     if not 0 <= num_correct <= num_samples:
         raise ValueError(f"`num_correct` must be in [0, num_samples={num_samples}]; got {num_correct}")
@@ -64,14 +65,20 @@ def score_summary(scores: Iterable[float | None]) -> dict[str, float | int | Non
     return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "count": len(values)}
 
 
-def _pass_rates(drawn: Sequence[Sample], pass_score: float) -> tuple[float | None, float | None, int | None]:
-    """(pass@1, pass@k, k) averaged over prompts, with k the smallest number of samples of a prompt."""
+def pass_rates(samples: Sequence[Sample], pass_score: float,
+               k: int | None = None) -> tuple[float | None, float | None, int | None]:
+    """`(pass@1, pass@k, k)` averaged over prompts (grouped by `prompt_index`), with the unbiased estimator.
+
+    `k` defaults to the fewest samples any prompt has; a sample is correct when it `passes(pass_score)`.
+    All three are None when there are no samples.
+    """
     correct: dict[int, list[bool]] = defaultdict(list)
-    for sample in drawn:
-        correct[sample.prompt_index].append(sample.score is not None and sample.score >= pass_score)
+    for sample in samples:
+        correct[sample.prompt_index].append(sample.passes(pass_score))
     if not correct:
         return None, None, None
-    k = min(len(flags) for flags in correct.values())
+    if k is None:
+        k = min(len(flags) for flags in correct.values())
     pass_1 = [pass_at_k(len(flags), sum(flags), 1) for flags in correct.values()]
     pass_k = [pass_at_k(len(flags), sum(flags), k) for flags in correct.values()]
     return sum(pass_1) / len(pass_1), sum(pass_k) / len(pass_k), k
@@ -104,7 +111,7 @@ def round_sample_metrics(
     scored = sum(s.score is not None for s in drawn)
     kept_summary = score_summary(s.score for s in kept)
     rejected_summary = score_summary(s.score for s in drawn if id(s) not in kept_ids)
-    pass_1, pass_k, k = _pass_rates(drawn, pass_score)
+    pass_1, pass_k, k = pass_rates(drawn, pass_score)
     completions = [s.completion for s in kept]
     return {
         "samples_drawn": len(drawn),

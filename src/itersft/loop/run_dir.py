@@ -1,8 +1,12 @@
-"""The loop's run directory: where each artefact lives, written by the main process only.
+"""The loop's run directory: where each artefact lives, written by the main process only (files only:
+the model and checkpoints are written by the trainer).
 
     <output_dir>/
+      run_identity.json      what the run is (model, prompts, settings), compared on resume
+                             (`run_identity`)
       rounds/round-0003/     full checkpoint after round 3 (model, optimizer, scheduler, RNG,
-                             trainer state) + loop_state.json, buffer.json, loop_config.json
+                             trainer state) + loop_state.json, buffer.json, loop_config.json;
+                             only the newest `keep_rounds` are kept
       accepted/round-0003.jsonl   the samples kept (and trained on) in round 3
       metrics.jsonl          one line per completed round
       curves.png             the per-round curves, drawn at the end
@@ -10,21 +14,43 @@
 
 Round folders are renamed into place only when complete, so the latest one is always whole; every
 other file is derived from it or rewritten atomically, so a kill at any point loses or duplicates
-nothing when the run resumes.
+nothing when the run resumes. Old round folders are renamed out of the way before they are deleted,
+so a kill while pruning never leaves a partial `round-*` folder either.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from itersft.checkpoint import write_json_atomic, write_text_atomic
+from itersft.atomic import write_json_atomic, write_text_atomic
+from itersft.loop.curves import plot_curves
 from itersft.loop.samples import Sample
 
 ROUND_PATTERN = re.compile(r"^round-(\d+)$")
+STAGING_PATTERN = re.compile(r"^\.staging-round-(\d+)$")
+DELETING_PREFIX = ".deleting-"
+
+
+def check_output_dir(root: str | Path) -> None:
+    """Create `root` (and its `rounds/`, `accepted/`) and write a probe file in it, or raise a ValueError
+    naming `output_dir`: a run that cannot write its first checkpoint should fail before the model loads
+    and before the first round is sampled, not after."""
+    root = Path(root)
+    try:
+        (root / "rounds").mkdir(parents=True, exist_ok=True)
+        (root / "accepted").mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-") as probe:
+            probe.write(b"itersft")
+            probe.flush()
+    except OSError as exc:
+        raise ValueError(f"`output_dir` {str(root)!r} cannot be written: {exc}. Choose a folder you can write to "
+                         "(or fix its permissions, or free space on its disk).") from exc
 
 
 class RunDirectory:
@@ -34,17 +60,39 @@ class RunDirectory:
         self.root = Path(root)
         self.is_main = is_main
         if is_main:
-            (self.root / "rounds").mkdir(parents=True, exist_ok=True)
-            (self.root / "accepted").mkdir(exist_ok=True)
+            check_output_dir(self.root)
 
     def round_dir(self, round_index: int) -> Path:
         return self.root / "rounds" / f"round-{round_index:04d}"
 
+    def round_dirs(self) -> list[Path]:
+        """The complete round checkpoints, oldest first."""
+        found = [(int(m.group(1)), p) for p in (self.root / "rounds").glob("round-*")
+                 if (m := ROUND_PATTERN.match(p.name))]
+        return [path for _, path in sorted(found)]
+
     def latest_round_dir(self) -> Path | None:
         """The newest complete round checkpoint, or None."""
+        found = self.round_dirs()
+        return found[-1] if found else None
+
+    def prune_rounds(self, keep: int | None) -> list[Path]:
+        """Delete all but the newest `keep` round checkpoints (None: keep all), and what killed writes and
+        deletions left behind: staging folders of rounds no newer than the newest complete one, and
+        half-deleted folders. Returns the round folders deleted."""
+        if not self.is_main:
+            return []
         rounds = self.root / "rounds"
-        found = [(int(m.group(1)), p) for p in rounds.glob("round-*") if (m := ROUND_PATTERN.match(p.name))]
-        return max(found)[1] if found else None
+        complete = self.round_dirs()
+        newest = int(ROUND_PATTERN.match(complete[-1].name).group(1)) if complete else -1
+        doomed = complete[: -keep] if keep is not None else []
+        for path in doomed:  # renamed first, so no partial round-* folder is ever visible
+            path.rename(path.with_name(DELETING_PREFIX + path.name))
+        for path in rounds.iterdir():
+            staging = STAGING_PATTERN.match(path.name)
+            if path.name.startswith(DELETING_PREFIX) or (staging and int(staging.group(1)) <= newest):
+                shutil.rmtree(path, ignore_errors=True)
+        return doomed
 
     def write_accepted(self, round_index: int, samples: list[Sample]) -> None:
         """The round's accepted samples, one JSON object per line."""
@@ -58,49 +106,19 @@ class RunDirectory:
             lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in history)
             write_text_atomic(self.root / "metrics.jsonl", lines)
 
-    def finish(self, trainer, state: dict[str, Any]) -> None:
-        """Save the final model and tokenizer, the summary of the run, and the curves.
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final"
+
+    def write_summary(self, state: dict[str, Any]) -> None:
+        """`loop_summary.json` (the evaluation before the loop and the last round) and `curves.png`.
 
         `metrics.jsonl` is already current: every round checkpoint and every resume rewrites it.
         """
-        final = self.root / "final"
-        trainer.save_model(str(final))
         if self.is_main:
-            trainer.processing_class.save_pretrained(str(final))
             write_json_atomic(self.root / "loop_summary.json", {
                 "rounds": len(state["history"]),
                 "initial": state["initial"],
                 "final": state["history"][-1] if state["history"] else {},
             })
             plot_curves(state["history"], self.root / "curves.png")
-
-
-# One panel per entry: (title, metric keys drawn on it).
-CURVES = (("held-out accuracy", ("eval_accuracy",)), ("acceptance rate", ("acceptance_rate",)),
-          ("train loss", ("train_loss",)), ("diversity of kept", ("distinct_1", "distinct_2")))
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """One small panel per metric group, x = round. Metrics a run did not record are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(title, [k for k in keys if any(m.get(k) is not None for m in history)]) for title, keys in CURVES]
-    panels = [(title, keys) for title, keys in panels if keys]
-    if not panels:
-        return
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-    for axis, (title, keys) in zip(axes[0], panels):
-        for key in keys:
-            points = [(m["round"], m[key]) for m in history if m.get(key) is not None]
-            axis.plot([r for r, _ in points], [v for _, v in points], marker="o", label=key)
-        if len(keys) > 1:
-            axis.legend(fontsize=7)
-        axis.set_title(title)
-        axis.set_xlabel("round")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

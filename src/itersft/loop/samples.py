@@ -10,13 +10,19 @@ from typing import Any
 class Sample:
     """One completion drawn for one prompt.
 
-    `prompt_index` is the prompt's position in the round's prompt list (not its text), so duplicate
-    prompts stay distinct groups; `sample_index` numbers the k completions of that prompt.
+    `prompt` is the prompt as given (a string, or chat messages) and is what scorers receive.
+    `messages` is the conversation the model answered when the prompt went through the chat template
+    (system prompt included, assistant turn not), None when it went in as raw text: training then uses
+    `step(messages=messages + [assistant completion])`, else `step(prompts=, completions=)`
+    (`itersft.loop.prompts`). `completion` is the answer's text (for chat, the assistant turn's content).
+    `prompt_index` is the prompt's position in the whole prompt list given to the loop or the sampler
+    (not its text), so duplicate prompts stay distinct groups and a prompt keeps its index whichever
+    round or rank samples it; `sample_index` numbers the k completions of that prompt.
     `score` is filled in by scoring: a float, or None when the scorer could not score the sample.
     `meta` carries per-prompt metadata (e.g. the reference answer) through to the scorer.
     """
 
-    prompt: str
+    prompt: str | list[dict[str, str]]
     completion: str
     prompt_index: int
     sample_index: int
@@ -24,3 +30,14 @@ class Sample:
     finished: bool = True
     score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None
+
+    def training_conversation(self) -> list[dict[str, str]] | None:
+        """`messages` followed by the completion as the assistant turn; None for a raw-text sample."""
+        if self.messages is None:
+            return None
+        return [*self.messages, {"role": "assistant", "content": self.completion}]
+
+    def passes(self, pass_score: float) -> bool:
+        """Whether the sample counts as correct: scored, and at least `pass_score` (unscorable fails)."""
+        return self.score is not None and self.score >= pass_score

@@ -43,7 +43,7 @@ class StepStats:
             "samples": self.samples,
             "skipped_samples": self.skipped_samples,
             "trained_tokens": self.loss_tokens,
-            "total_tokens": self.real_tokens,
+            "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,
             "step_time": elapsed,
             "tokens_per_second": self.real_tokens / elapsed if elapsed > 0 else 0.0,

@@ -4,24 +4,24 @@ Two ways to compute the same number for a causal LM:
 
 * **full logits** (`summed_token_loss`): run the model, take its `(batch, seq, vocab)` logits, shift,
   cross-entropy in float32. Works for every model, wrapper and head.
-* **label positions only** (`causal_summed_loss` on a model with a separable head): run the decoder
-  stack for hidden states, keep the hidden states of the positions whose next token is a label, and
-  apply the LM head and cross-entropy a chunk of rows at a time (`linear_cross_entropy_sum`), so no
+* **label positions only** (`causal_summed_loss` with the model's `(decoder, lm_head)` split): run the
+  decoder stack for hidden states, keep the hidden states of the positions whose next token is a label,
+  and apply the LM head and cross-entropy a chunk of rows at a time (`linear_cross_entropy_sum`), so no
   full-vocabulary float32 logits exist for the whole micro-batch and none for unlabelled positions
   (masked prompts, padding). At small hidden sizes the head and the loss are most of the step.
 
 The second path is taken only where it is provably the same computation: a model class whose forward
-is `lm_head(decoder(...))` and nothing else (`SEPARABLE_HEAD_MODEL_TYPES`), called directly (not
-through DDP, FSDP, DeepSpeed or `torch.compile`, whose wrappers must see the forward), a plain
-`nn.Linear` head (not LoRA-wrapped, quantised, offloaded or partitioned by ZeRO-3) and no
-prompt-learning adapter. Otherwise a model whose forward takes `logits_to_keep` computes logits at the
-label positions only, through the wrapper; anything else gets full logits.
+is `lm_head(decoder(...))` and nothing else (`ModelFacts.checked_head`), called directly (not through
+DDP, FSDP, DeepSpeed or `torch.compile`, whose wrappers must see the forward), a plain `nn.Linear`
+head (not LoRA-wrapped, quantised, offloaded or partitioned by ZeRO-3) and no prompt-learning adapter.
+Otherwise a model whose forward takes `logits_to_keep` computes logits at the label positions only,
+through the wrapper; anything else gets full logits. `SummedLoss` makes that choice once per trainer.
+Seq2seq models get the full-logits loss on the decoder's output (`seq2seq_summed_loss`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -31,14 +31,7 @@ from torch.autograd.function import once_differentiable
 from torch.distributed.fsdp import FSDPModule
 
 from itersft.data.example import IGNORE_INDEX
-
-# `model_type`s whose `...ForCausalLM.forward` is exactly `logits = lm_head(model(...).last_hidden_state)`
-# in transformers 5 (checked in its source: no logit scaling or soft-capping, which e.g. gemma2, granite
-# and cohere apply). Their decoders also build masks from `position_ids`, so packed rows work.
-SEPARABLE_HEAD_MODEL_TYPES = frozenset({
-    "gemma", "llama", "mistral", "olmo", "olmo2", "phi", "phi3", "qwen2", "qwen3", "smollm3", "stablelm",
-    "starcoder2",
-})
+from itersft.trainer.model_facts import ModelFacts
 
 # Rows of float32 logits computed at once: bounds the loss's extra memory to about 32 MiB per chunk.
 LOGITS_PER_CHUNK = 2**23
@@ -138,66 +131,100 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     return _LinearCrossEntropySum.apply(hidden, weight, bias, targets, chunk_rows)
 
 
-def separable_head(model: nn.Module, wrapped: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+
+def separable_head(model: nn.Module, facts: ModelFacts) -> tuple[nn.Module, nn.Linear] | None:
     """`(decoder, lm_head)` when the loss may be computed from the decoder's hidden states, else None.
 
-    `model` is the trainer's unwrapped model (a `PreTrainedModel` or `PeftModel`), `wrapped` what
-    accelerate returned for it; see the module docstring for the conditions.
+    `model` is the trainer's model as the engine left it (a `PreTrainedModel`, a `PeftModel`, or an
+    FSDP-sharded module); the split is valid only where `model` itself is called and no forward hook
+    sits on the model or its head (see `SummedLoss.route`).
     """
-    if wrapped is not model or isinstance(model, FSDPModule):
+    if not facts.checked_head or isinstance(model, FSDPModule):
         return None  # FSDP gathers the sharded parameters in the root module's forward: it must run
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None:
-        if getattr(peft_config, "is_prompt_learning", False):
-            return None
-        model = model.get_base_model()
-    cls = type(model)
-    if (getattr(model.config, "model_type", None) not in SEPARABLE_HEAD_MODEL_TYPES
-            or not cls.__module__.startswith("transformers.models.") or not cls.__name__.endswith("ForCausalLM")):
-        return None
-    head = model.get_output_embeddings()
-    decoder = getattr(model, model.base_model_prefix, None)
+    base = facts.base
+    head = base.get_output_embeddings()
+    decoder = getattr(base, base.base_model_prefix, None)
     if type(head) is not nn.Linear or decoder is None or getattr(head, "_hf_hook", None) is not None:
-        return None
-    if head._forward_hooks or head._forward_pre_hooks:  # e.g. ZeRO-3 gathers the weight only in the head's forward
         return None
     return decoder, head
 
 
-def causal_summed_loss(model: nn.Module, wrapped: nn.Module, batch: dict[str, torch.Tensor],
-                       autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward hook sits on any of `modules` (the route that skips their forward would skip it)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+class SummedLoss:
+    """The summed token loss of one micro-batch, by the fastest exact route for the module called.
+
+    Built once per trainer, after the engine has wrapped the model: `model` is the trainer's model and
+    `autocast` the mixed-precision context (accelerate's), which the direct decoder call enters itself
+    since it bypasses the wrapped model's patched forward. Called with the module to run: `model` itself
+    (evaluation; training in one process) may take the decoder + chunked head route; a wrapper (DDP)
+    must be called as a whole. Forward hooks are not fixed (a user or a library such as ZeRO-3 may add
+    them at any time), so they are looked up on every call: where the model or its head carries one, the
+    full forward runs so the hook sees it.
+    """
+
+    def __init__(self, model: nn.Module, facts: ModelFacts,
+                 autocast: Callable[[], contextlib.AbstractContextManager]):
+        self.model = model
+        self.facts = facts
+        self.autocast = autocast
+        self.head = None if facts.is_encoder_decoder else separable_head(model, facts)
+
+    def route(self, module: nn.Module) -> str:
+        """`"head"` (decoder + chunked head), `"logits_to_keep"`, `"full"` or `"seq2seq"`, for `module`."""
+        if self.facts.is_encoder_decoder:
+            return "seq2seq"
+        if self.head is not None and module is self.model and not _hooked(self.model, self.facts.base, self.head[1]):
+            return "head"
+        return "logits_to_keep" if self.facts.takes_logits_to_keep else "full"
+
+    def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        route = self.route(module)
+        if route == "seq2seq":
+            return seq2seq_summed_loss(module, batch, self.facts.base)
+        return causal_summed_loss(module, batch, self.autocast, self.head if route == "head" else None,
+                                  keep_logits=route == "logits_to_keep")
+
+
+def causal_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor],
+                       autocast: Callable[[], contextlib.AbstractContextManager],
+                       head: tuple[nn.Module, nn.Linear] | None = None, keep_logits: bool = False) -> torch.Tensor:
     """Summed token loss of one causal micro-batch, computed at its label positions only when possible.
 
     `batch` holds the model inputs (`input_ids` and `attention_mask` or, packed, `position_ids`) plus
-    `loss_positions`/`loss_targets` from `label_positions` and `labels` for the full-logits path.
-    `autocast` is the mixed-precision context (accelerate's), which the direct decoder call must enter
-    itself since it bypasses the patched forward of the wrapped model.
+    `loss_positions`/`loss_targets` from `label_positions` and `labels` for the full-logits path. `head`
+    is `module`'s `(decoder, lm_head)` split where it may be used; `keep_logits` says `module`'s forward
+    takes `logits_to_keep`.
     """
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     positions, targets = batch["loss_positions"], batch["loss_targets"]
-    split = separable_head(model, wrapped)
-    if split is not None:
-        decoder, head = split
+    if head is not None:
+        decoder, lm_head = head
         with autocast():
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-            return linear_cross_entropy_sum(hidden, head.weight, head.bias, targets)
-    if inputs["input_ids"].shape[0] == 1 and _takes_logits_to_keep(model):
+            return linear_cross_entropy_sum(hidden, lm_head.weight, lm_head.bias, targets)
+    if inputs["input_ids"].shape[0] == 1 and keep_logits:
         # One row (packed, or a batch of one): keep the logits of the label positions only.
-        logits = wrapped(**inputs, use_cache=False, logits_to_keep=positions).logits
+        logits = module(**inputs, use_cache=False, logits_to_keep=positions).logits
         return F.cross_entropy(logits[0].float(), targets, reduction="sum")
-    logits = wrapped(**inputs, use_cache=False).logits
+    logits = module(**inputs, use_cache=False).logits
     return summed_token_loss(logits, batch["labels"], shift=True)
 
 
-def _takes_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the model's forward keeps only the logits asked for (prompt learning shifts positions)."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None:
-        if getattr(peft_config, "is_prompt_learning", False):
-            return False
-        model = model.get_base_model()
-    try:
-        return "logits_to_keep" in inspect.signature(type(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
+def seq2seq_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor], base: nn.Module) -> torch.Tensor:
+    """Summed token loss of one seq2seq micro-batch: the encoder reads `input_ids`, the decoder `labels`.
+
+    The decoder's inputs are the labels shifted right, built by `base` (the transformers model) where it
+    can; otherwise the model is given `labels`, shifts them itself, and its own (mean) loss is ignored.
+    """
+    if hasattr(base, "prepare_decoder_input_ids_from_labels"):
+        decoder = {"decoder_input_ids": base.prepare_decoder_input_ids_from_labels(labels=batch["labels"])}
+    else:
+        decoder = {"labels": batch["labels"]}
+    logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                    **decoder).logits
+    return summed_token_loss(logits, batch["labels"], shift=False)

