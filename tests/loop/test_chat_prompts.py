@@ -128,9 +128,11 @@ def test_prompts_are_rendered_with_the_generation_prompt_and_the_system_prompt(c
 # ---- sampling -------------------------------------------------------------------------------------
 
 
-def test_sampler_stops_at_the_end_of_turn_and_returns_the_assistant_content(causal_model, end_of_turn_later):
+@pytest.mark.parametrize("backend", ["refill", "generate"])
+def test_sampler_stops_at_the_end_of_turn_and_returns_the_assistant_content(causal_model, end_of_turn_later,
+                                                                            backend):
     tokenizer = _chatml_tokenizer()
-    config = SamplingConfig(num_samples=1, max_new_tokens=8, temperature=0.0, chat_template=True)
+    config = SamplingConfig(num_samples=1, max_new_tokens=8, temperature=0.0, chat_template=True, backend=backend)
     (sample,) = Sampler(causal_model, tokenizer, config).sample(["2+3?"], round_index=0)
 
     prompt_ids = _ids(tokenizer, "<|user|>\n2+3?<unk>\n<|assistant|>\n")
@@ -146,6 +148,54 @@ def test_sampler_stops_at_the_end_of_turn_and_returns_the_assistant_content(caus
     assert sample.completion == tokenizer.decode(reference[:-1])
     assert sample.prompt == "2+3?"
     assert sample.messages == [{"role": "user", "content": "2+3?"}]
+
+
+@pytest.mark.parametrize("warps", [{}, {"temperature": 0.9, "top_p": 0.95}])
+def test_both_backends_draw_the_same_chat_samples(causal_model, warps):
+    """`refill` samples from the same rendered prompt ids as `generate` and stops at the same ids. EOS is
+    made impossible and the end-of-turn token likely, so every finished sample ended at the end of turn;
+    3 prompts in batches of 2 make `refill` admit a waiting prompt into a running batch. That `refill`
+    stops there (rather than the completion being cut afterwards) shows in its decode rows: exactly one
+    per token drawn after a sample's first."""
+    tokenizer = _chatml_tokenizer()
+    decode_rows, real_forward = [], causal_model.forward
+
+    def counting_forward(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] == 1:
+            decode_rows.append(kwargs["input_ids"].shape[0])
+        return real_forward(*args, **kwargs)
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[..., END_OF_TURN] += 3.0
+        output[..., EOS] -= 1e4
+        return output
+
+    prompts = ["2+3?", [{"role": "user", "content": "4+4?"}],
+               [{"role": "system", "content": "Mine."}, {"role": "user", "content": "and a longer one, 10+20?"}]]
+    drawn = {}
+    handle = causal_model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        for backend in ("generate", "refill"):
+            config = SamplingConfig(num_samples=4, max_new_tokens=10, batch_size=2, chat_template=True,
+                                    system_prompt="Be brief.", backend=backend, **warps)
+            sampler = Sampler(causal_model, tokenizer, config)
+            assert sampler.backend == backend and sampler.eos_token_ids == [EOS, END_OF_TURN]
+            causal_model.forward = counting_forward if backend == "refill" else real_forward
+            drawn[backend] = [(s.prompt_index, s.sample_index, s.completion, s.completion_ids, s.finished, s.messages)
+                              for s in sampler.sample(prompts, round_index=0, prompt_indices=[7, 3, 5])]
+    finally:
+        handle.remove()
+        del causal_model.forward  # the class's forward again
+    assert drawn["refill"] == drawn["generate"]
+    finished = [ids for _, _, _, ids, done, _ in drawn["refill"] if done]
+    assert finished and all(len(ids) < 10 and END_OF_TURN not in ids for ids in finished)
+    assert any(not done and len(ids) == 10 for _, _, _, ids, done, _ in drawn["refill"])
+    assert sum(decode_rows) == sum(len(ids) + done - 1 for _, _, _, ids, done, _ in drawn["refill"])
+    assert [m for *_, m in drawn["refill"][::4]] == [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "4+4?"}],
+        prompts[2]]
 
 
 # ---- training through the loop: loss on the assistant turn only -----------------------------------

@@ -1,5 +1,9 @@
 """Tests for `itersft.loop.sampler`: ordering, per-sample reproducibility, EOS/stop handling, model state.
 
+Tests that do not name a backend run the default (`auto`, which is `refill` for the causal toy model and
+`generate` for the seq2seq one); tests of reproducibility and model state run each backend, and
+`test_backends_draw_the_same_samples` checks that both draw the same samples.
+
 The toy models (see `tests/conftest.py`) have random weights, so sampled completions are near-uniform
 random bytes: two different draws of 8 tokens essentially never coincide, which makes "different seed
 -> different samples" a test that can fail. Where EOS matters, a forward hook on the LM head raises the
@@ -8,13 +12,18 @@ EOS logit so that some rows finish early and others run to `max_new_tokens` in t
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from itersft.loop.sampler import Sampler, SamplingConfig, _RowwiseSampler, sample_seed, warp_scores
-from itersft.toy import build_tokenizer
+from itersft.distributed import Ranks
+from itersft.loop.generate_backend import _RowwiseSampler
+from itersft.loop.sampler import Sampler, SamplingConfig, sample_seed, warp_scores
+from itersft.toy import build_causal_lm, build_tokenizer
 
 PROMPTS = ["hello", "a much longer prompt than the others", "x", "medium prompt", "hi there"]
+BACKENDS = ["refill", "generate"]
 
 
 def _draw(model, tokenizer, prompts, round_index=0, **config):
@@ -74,17 +83,35 @@ def test_same_seed_and_round_reproduce_other_round_or_seed_differ(causal_model, 
         assert all(a.completion_ids != b.completion_ids for a, b in zip(first, other, strict=True))
 
 
-def test_samples_do_not_depend_on_batching_order_or_company(causal_model, tokenizer, eos_boost):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samples_do_not_depend_on_batching_order_or_company(causal_model, tokenizer, eos_boost, backend):
     eos_boost(causal_model, tokenizer.eos_token_id)
-    reference = _draw(causal_model, tokenizer, PROMPTS, batch_size=8)
+    reference = _draw(causal_model, tokenizer, PROMPTS, batch_size=8, backend=backend)
     assert any(s.finished for s in reference) and any(not s.finished for s in reference)
-    assert _key(_draw(causal_model, tokenizer, PROMPTS, batch_size=1)) == _key(reference)
-    assert _key(_draw(causal_model, tokenizer, PROMPTS, batch_size=2)) == _key(reference)
+    assert _key(_draw(causal_model, tokenizer, PROMPTS, batch_size=1, backend=backend)) == _key(reference)
+    assert _key(_draw(causal_model, tokenizer, PROMPTS, batch_size=2, backend=backend)) == _key(reference)
+    sampler = Sampler(causal_model, tokenizer, SamplingConfig(num_samples=3, max_new_tokens=8, backend=backend,
+                                                              chat_template=False))
     # Each prompt alone, at its index via `prompt_indices`, in reverse order: the same samples.
-    sampler = Sampler(causal_model, tokenizer, SamplingConfig(num_samples=3, max_new_tokens=8, chat_template=False))
     alone = [s for i in reversed(range(len(PROMPTS)))
              for s in sampler.sample([PROMPTS[i]], 0, prompt_indices=[i])]
     assert sorted(_key(alone)) == _key(reference)
+    # Two ranks, each sampling an interleaved share of the prompts at their indices: the same samples.
+    split = (sampler.sample(PROMPTS[0::2], 0, prompt_indices=list(range(0, len(PROMPTS), 2)))
+             + sampler.sample(PROMPTS[1::2], 0, prompt_indices=list(range(1, len(PROMPTS), 2))))
+    assert sorted(_key(split)) == _key(reference)
+
+
+@pytest.mark.parametrize("warps", [{}, {"temperature": 0.7, "top_k": 5, "top_p": 0.9}, {"temperature": 0.0}])
+def test_backends_draw_the_same_samples(causal_model, tokenizer, eos_boost, warps):
+    """`refill` and `generate` draw each sample from the same uniforms: the same completions, also when rows
+    finish at different steps and waiting prompts join the running batch (batch_size 1 and 2)."""
+    eos_boost(causal_model, tokenizer.eos_token_id)
+    reference = _key(_draw(causal_model, tokenizer, PROMPTS, max_new_tokens=12, backend="generate", **warps))
+    for batch_size in (1, 2, 8):
+        refill = _draw(causal_model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=batch_size,
+                       backend="refill", **warps)
+        assert _key(refill) == reference
 
 
 def test_eos_is_cut_and_marks_finished(causal_model, tokenizer, eos_boost):
@@ -135,30 +162,30 @@ def test_greedy_matches_generate_and_top_k_1(causal_model, tokenizer):
         assert _key(_draw(causal_model, tokenizer, prompts, top_k=1, temperature=2.0)) == _key(greedy)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("was_training", [True, False])
-def test_training_mode_restored(causal_model, tokenizer, was_training):
+def test_training_mode_restored(causal_model, tokenizer, was_training, backend):
     causal_model.train(was_training)
     causal_model.model.layers[0].eval()  # a submodule the caller froze in eval mode stays so
     seen = []
-    real_generate = causal_model.generate
+    real_forward = causal_model.forward
 
     def spy(*args, **kwargs):
-        seen.append(causal_model.training)
-        assert not torch.is_grad_enabled()
-        return real_generate(*args, **kwargs)
+        seen.append((causal_model.training, torch.is_grad_enabled()))
+        return real_forward(*args, **kwargs)
 
-    causal_model.generate = spy
-    _draw(causal_model, tokenizer, PROMPTS[:2])
-    assert seen == [False]
+    causal_model.forward = spy
+    _draw(causal_model, tokenizer, PROMPTS[:2], backend=backend)
+    assert seen and set(seen) == {(False, False)}
     assert causal_model.training is was_training and causal_model.model.layers[0].training is False
     assert causal_model.model.layers[1].training is was_training
 
     def boom(*args, **kwargs):
         raise RuntimeError("generation failed")
 
-    causal_model.generate = boom
+    causal_model.forward = boom
     with pytest.raises(RuntimeError, match="generation failed"):
-        _draw(causal_model, tokenizer, PROMPTS[:2])
+        _draw(causal_model, tokenizer, PROMPTS[:2], backend=backend)
     assert causal_model.training is was_training and causal_model.model.layers[1].training is was_training
 
 
@@ -184,13 +211,14 @@ def test_model_generation_config_does_not_interfere(causal_model, tokenizer):
     assert _key(_draw(causal_model, tokenizer, PROMPTS)) == reference
 
 
-def test_peft_wrapped_model(causal_model, tokenizer):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_peft_wrapped_model(causal_model, tokenizer, backend):
     peft = pytest.importorskip("peft")
-    reference = _key(_draw(causal_model, tokenizer, PROMPTS[:3]))
+    reference = _key(_draw(causal_model, tokenizer, PROMPTS[:3], backend=backend))
     wrapped = peft.get_peft_model(causal_model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     wrapped.train()
     # LoRA starts as the identity (B = 0), so the wrapped model draws the same samples.
-    assert _key(_draw(wrapped, tokenizer, PROMPTS[:3])) == reference
+    assert _key(_draw(wrapped, tokenizer, PROMPTS[:3], backend=backend)) == reference
     assert wrapped.training
 
 
@@ -223,10 +251,39 @@ def test_stop_strings_cut_the_completion(causal_model, tokenizer):
 
 def test_config_validation_names_every_bad_field():
     with pytest.raises(ValueError) as error:
-        SamplingConfig(num_samples=0, temperature=-1, top_p=0, top_k=-2, batch_size=1.5, stop_strings=[""])
+        SamplingConfig(num_samples=0, temperature=-1, top_p=0, top_k=-2, batch_size=1.5, stop_strings=[""],
+                       backend="vllm")
     message = str(error.value)
-    for field in ("num_samples", "temperature", "top_p", "top_k", "batch_size", "stop_strings"):
+    for field in ("num_samples", "temperature", "top_p", "top_k", "batch_size", "stop_strings", "backend"):
         assert f"`{field}`" in message
+
+
+def test_backend_choice(causal_model, seq2seq_model, tokenizer):
+    """`auto` is `refill` where it applies, else `generate`; an explicit `refill` that cannot apply is refused."""
+    assert SamplingConfig().backend == "auto"
+    assert Sampler(causal_model, tokenizer).backend == "refill"
+    assert Sampler(causal_model, tokenizer, SamplingConfig(backend="generate")).backend == "generate"
+    single_rank = Ranks(SimpleNamespace(process_index=0, num_processes=1))
+    assert Sampler(causal_model, tokenizer, lockstep=single_rank).backend == "generate"
+    assert Sampler(seq2seq_model, tokenizer).backend == "generate"
+    sliding = build_causal_lm(tokenizer, sliding_window=4, layer_types=["sliding_attention"] * 2)
+    assert Sampler(sliding, tokenizer).backend == "generate"
+    causal_model.generation_config.suppress_tokens = [5]
+    assert Sampler(causal_model, tokenizer).backend == "generate"
+    causal_model.generation_config.suppress_tokens = None
+    llama = type(causal_model)
+
+    def own_preparation(self, *args, **kwargs):  # as multimodal or rope-switching models do
+        return llama.prepare_inputs_for_generation(self, *args, **kwargs)
+
+    causal_model.__class__ = type("OwnInputs", (llama,), {"prepare_inputs_for_generation": own_preparation})
+    assert Sampler(causal_model, tokenizer).backend == "generate"
+    causal_model.__class__ = llama
+    refill = SamplingConfig(backend="refill")
+    for model, lockstep, reason in [(causal_model, single_rank, "lockstep"), (seq2seq_model, None, "encoder-decoder"),
+                                    (sliding, None, "DynamicSlidingWindowLayer")]:
+        with pytest.raises(ValueError, match=f"`backend='refill'` cannot sample from this model: .*{reason}"):
+            Sampler(model, tokenizer, refill, lockstep=lockstep)
 
 
 def test_sample_argument_validation(causal_model, tokenizer):
@@ -260,3 +317,13 @@ def test_warps_and_draws_follow_the_distribution():
     assert (out.isinf().sum(dim=-1) == 3).all()
     frequencies = torch.bincount(tokens, minlength=4).float() / rows
     assert torch.allclose(frequencies, logits.softmax(dim=-1)[0], atol=0.015)
+
+
+def test_prompt_tuning_adapter_samples_through_generate(causal_model, tokenizer):
+    """Prompt-learning adapters prepend virtual tokens inside `generate`; `auto` must not pick `refill`."""
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(causal_model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    assert Sampler(wrapped, tokenizer).backend == "generate"
+    with pytest.raises(ValueError, match="learns prompt tokens"):
+        Sampler(wrapped, tokenizer, SamplingConfig(backend="refill"))
+    assert len(_draw(wrapped, tokenizer, PROMPTS[:2])) == 2 * 3

@@ -41,8 +41,10 @@ def main(args) -> int:
     summary = run_demo(args.seed, args.output_dir, hp, callbacks=[DemoPrinter(sys.stdout)])
     print(f"\nheld-out accuracy: seed model {summary['accuracy_before_loop']:.1%} -> expert iteration "
           f"{summary['accuracy_after_loop']:.1%}; control (seed SFT for the same {summary['loop_updates']} updates) "
-          f"{summary['accuracy_control']:.1%}")
-    print(f"lift over control: {summary['lift_over_control_points']:+.1f} points; "
+          f"{summary['accuracy_control']:.1%}; unfiltered control (the same loop without the verifier) "
+          f"{summary['accuracy_control_unfiltered']:.1%}")
+    print(f"lift over control: {summary['lift_over_control_points']:+.1f} points, over the unfiltered control "
+          f"{summary['lift_over_unfiltered_points']:+.1f}; "
           f"wall time {summary['seconds']['total']:.0f}s; run directory {args.output_dir} "
           "(metrics.jsonl, curves.png, summary.json, final/)")
     return 0

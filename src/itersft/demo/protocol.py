@@ -5,8 +5,13 @@
 2. Seed SFT on a few hundred labelled examples, so the model starts partly competent.
 3. Expert iteration: sample k answers for fresh unlabelled prompts, keep the exactly correct ones,
    train on them.
-4. Control: the seed model trained for the same number of optimizer updates on the labelled data.
-5. Held-out accuracy of both, and `summary.json` beside the loop's artefacts.
+4. Two controls, each from the seed model *and its optimizer state* (the loop continues both), for the
+   same number of optimizer updates as the loop:
+   * `control`: SFT on the labelled data alone (what more training on the data you have gives);
+   * `control_unfiltered`: the same loop with the verifier's filter replaced by a random pick of as
+     many finished samples as the loop kept in that round (what self-training gives without the
+     verifier).
+5. Held-out accuracy of all three, and `summary.json` beside the loop's artefacts.
 
 `run_demo` returns the summary and reports each phase through a `DemoCallback` (the CLI prints them).
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,8 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
     """Run the whole demo (see the module docstring) and return what `summary.json` holds.
 
     `hyperparameters` is a `DemoHyperparameters`. Rerunning with the same `output_dir` resumes the loop
-    after its last complete round. The caller chooses torch's thread count (the CLI pins it to 1).
+    after its last complete round; the controls always run whole. The caller chooses torch's thread
+    count (the CLI pins it to 1).
     """
     import torch
 
@@ -78,6 +86,8 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
         trainer.step(prompts=task.labelled_prompts, completions=task.labelled_completions)
     seed_updates = trainer.state.global_step
     seed_state = copy.deepcopy(trainer.model.state_dict())
+    seed_optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+    seed_schedule = copy.deepcopy(trainer.lr_scheduler.state_dict())
     seed_accuracy = accuracy(trainer.model)
     seed_seconds = time.perf_counter() - phase
     for callback in callbacks:
@@ -86,19 +96,29 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
 
     phase = time.perf_counter()
     filters = Compose(Threshold(1.0), Dedup()) if hp.dedup else Threshold(1.0)
-    loop = ExpertIteration(trainer, sampling, "exact_match", filters, LoopConfig(
-        output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
-        train_epochs=hp.epochs_per_round, step_size=10**9, seed=seed), callbacks=callbacks)
-    history = loop.run(task.unlabelled_prompts, [{"answer": a} for a in task.unlabelled_answers],
-                       eval_prompts=task.eval_prompts, eval_meta=eval_meta)
+
+    def loop_config(directory: Path) -> LoopConfig:
+        return LoopConfig(output_dir=str(directory), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
+                          train_epochs=hp.epochs_per_round, step_size=10**9, seed=seed)
+
+    unlabelled_meta = [{"answer": a} for a in task.unlabelled_answers]
+    loop = ExpertIteration(trainer, sampling, "exact_match", filters, loop_config(out), callbacks=callbacks)
+    history = loop.run(task.unlabelled_prompts, unlabelled_meta, eval_prompts=task.eval_prompts, eval_meta=eval_meta)
     loop_updates = trainer.state.global_step - seed_updates
     loop_accuracy = history[-1]["eval_accuracy"]
     loop_seconds = time.perf_counter() - phase
 
+    def from_seed(name: str) -> IterativeSFTTrainer:
+        control = IterativeSFTTrainer(str(base), trainer_config(f"{name}/trainer"))
+        control.model.load_state_dict(seed_state)
+        control.optimizer.load_state_dict(seed_optimizer)
+        control.lr_scheduler.load_state_dict(seed_schedule)
+        control.state.global_step = seed_updates
+        return control
+
     phase = time.perf_counter()
-    control = IterativeSFTTrainer(str(base), trainer_config("control"))
-    control.model.load_state_dict(seed_state)
-    while control.state.global_step < loop_updates:
+    control = from_seed("control")
+    while control.state.global_step < seed_updates + loop_updates:
         start = (control.state.global_step * hp.batch_size) % hp.num_labelled
         chunk = [(start + i) % hp.num_labelled for i in range(hp.batch_size)]
         control.step(prompts=[task.labelled_prompts[i] for i in chunk],
@@ -106,13 +126,45 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
     control_accuracy = accuracy(control.model)
     control_seconds = time.perf_counter() - phase
 
+    phase = time.perf_counter()
+    shutil.rmtree(out / "control_unfiltered", ignore_errors=True)  # always run whole: RandomPick counts rounds
+    unfiltered = from_seed("control_unfiltered")
+    ExpertIteration(unfiltered, sampling, "exact_match", RandomPick([m["train_samples"] for m in history], seed),
+                    loop_config(out / "control_unfiltered")).run(task.unlabelled_prompts, unlabelled_meta)
+    unfiltered_accuracy = accuracy(unfiltered.model)
+    unfiltered_seconds = time.perf_counter() - phase
+
     summary = {
         "seed": seed, "accuracy_before_loop": seed_accuracy, "accuracy_after_loop": loop_accuracy,
-        "accuracy_control": control_accuracy, "lift_over_control_points": 100 * (loop_accuracy - control_accuracy),
-        "seed_updates": seed_updates, "loop_updates": loop_updates, "control_updates": control.state.global_step,
+        "accuracy_control": control_accuracy, "accuracy_control_unfiltered": unfiltered_accuracy,
+        "lift_over_control_points": 100 * (loop_accuracy - control_accuracy),
+        "lift_over_unfiltered_points": 100 * (loop_accuracy - unfiltered_accuracy),
+        "seed_updates": seed_updates, "loop_updates": loop_updates,
+        "control_updates": control.state.global_step - seed_updates,
+        "control_unfiltered_updates": unfiltered.state.global_step - seed_updates,
         "seconds": {"seed_sft": seed_seconds, "loop": loop_seconds, "control": control_seconds,
-                    "total": time.perf_counter() - started},
+                    "control_unfiltered": unfiltered_seconds, "total": time.perf_counter() - started},
         "hyperparameters": dataclasses.asdict(hp),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class RandomPick:
+    """The unfiltered control's "filter": a seeded random pick of finished samples, ignoring their scores.
+
+    Round r keeps `counts[r]` of them (the number the verified loop trained on in round r), so the
+    control trains on as many self-generated samples, and makes as many updates, as the loop did.
+    """
+
+    def __init__(self, counts: list[int], seed: int):
+        self.counts = counts
+        self.seed = seed
+        self.round = 0
+
+    def __call__(self, samples: list) -> list:
+        finished = [i for i, s in enumerate(samples) if s.finished]
+        count = min(self.counts[self.round], len(finished))
+        chosen = set(random.Random(self.seed * 1_000 + self.round).sample(finished, count))
+        self.round += 1
+        return [s for i, s in enumerate(samples) if i in chosen]

@@ -1,69 +1,54 @@
 """Draw k completions per prompt from the model being trained, reproducibly per sample.
 
-Every random draw for sample `j` of prompt `i` in round `r` comes from its own `torch.Generator`, seeded
-from a stable hash of `(seed, r, i, j)`. Prompts are sorted by token length before batching (a batch then
-pads little), so which prompts share a batch, the batch size, the prompt order, and later which rank
-samples a prompt must not change what is drawn; a per-row generator makes that true by construction.
-
-How: `model.generate` runs *greedy* decoding with one extra logits processor, `_RowwiseSampler`, last in
-the list. For each row it applies temperature, top-k and top-p, draws one token by inverse-CDF from a
-uniform out of that row's generator, and returns scores that are `-inf` except at the drawn token, so
-greedy's argmax takes exactly that token. Everything else (left-padded batching, KV cache, EOS handling,
-padding of finished rows, stop strings) stays with `generate`.
+Every random draw for sample `j` of prompt `i` in round `r` comes from its own uniform stream, seeded
+from a stable hash of `(seed, r, i, j)` (`itersft.loop.draws`). Which prompts share a batch, the batch
+size, the prompt order, and later which rank samples a prompt therefore do not change what is drawn.
 
 Prompts are strings or chat messages; `itersft.loop.prompts` decides which get the chat template
 (`SamplingConfig.chat_template`), renders them with the generation prompt, and adds the template's
 end-of-turn token to the ids that stop generation; the completion is then the assistant turn's content.
+Both backends below sample from those same prompt ids and stop at those same ids.
 
-Deliberately left out: beam search, prompt truncation, and sharing one prefill between the k samples of
-a prompt (each is its own row, as `num_return_sequences` does). Reproducibility is exact as far as the
-forward pass is batch-invariant: logits that differ in the last bits between batch shapes (common in
-bf16 on GPU) can move a draw across a token boundary.
+Two backends draw these same samples (`SamplingConfig.backend`):
+
+* `refill` (`itersft.loop.refill`): one prefill per prompt shared by its k samples, finished rows
+  dropped at once and waiting prompts admitted into their slots. Decoder-only models with a plain
+  full-attention KV cache, not in lockstep.
+* `generate` (`itersft.loop.generate_backend`): `model.generate` with one row per sample, as
+  `num_return_sequences` does. Every model `generate` supports, also sharded weights in lockstep
+  (`synced_gpus`) and encoder-decoders.
+
+`auto`, the default, is `refill` where it applies, else `generate` (logged). Prompts are sorted by token
+length, longest first, so batched prompts pad little.
+
+Deliberately left out: beam search, prompt truncation. Reproducibility is exact as far as the forward
+pass is batch-invariant: logits that differ in the last bits between batch shapes (common in bf16 on
+GPU) can move a draw across a token boundary; for the same reason the two backends agree sample for
+sample only up to such boundary cases.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import StopStringCriteria
 
 from itersft.checks import Problems, is_integer
 from itersft.distributed import Ranks
+from itersft.loop.draws import sample_seed, warp_scores
+from itersft.loop.generate_backend import GenerateDecoder
 from itersft.loop.prompts import Prompt, PromptRenderer, add_prompt_problems, is_chat_template_choice
+from itersft.loop.refill import RefillDecoder, refill_unsupported_reason
 from itersft.loop.samples import Sample
 
+__all__ = ["BACKENDS", "Sampler", "SamplingConfig", "sample_seed", "warp_scores"]
 logger = logging.getLogger(__name__)
 
-# Extra uniforms per row beyond `max_new_tokens`: `generate` may run a step or two past the last token
-# when it defers its stop check; what those steps draw is discarded.
-_SPARE_DRAWS = 4
-
-# Fields of the model's own `generation_config` that would reshape the distribution we sample from.
-# `generate` fills every field we leave `None` from the model's config, so these are pinned to neutral
-# values. Structural fields (decoder_start_token_id, forced_bos_token_id, suppress_tokens) are kept.
-_NEUTRAL_GENERATION = {
-    "do_sample": False,
-    "num_beams": 1,
-    "repetition_penalty": 1.0,
-    "encoder_repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "encoder_no_repeat_ngram_size": 0,
-    "min_new_tokens": 0,  # not `min_length`: setting both makes generate warn on every call
-    "bad_words_ids": None,
-    "sequence_bias": None,
-    "exponential_decay_length_penalty": None,
-    "guidance_scale": None,
-    "forced_eos_token_id": None,
-    "renormalize_logits": False,
-    "output_scores": False,
-    "output_logits": False,
-    "return_dict_in_generate": False,
-}
+BACKENDS = ("auto", "refill", "generate")
 
 
 @dataclass
@@ -76,7 +61,8 @@ class SamplingConfig:
         temperature: softmax temperature; 0 means greedy decoding (the k samples are then identical).
         top_p: nucleus sampling, keep the smallest set of tokens with this much probability; 1 = off.
         top_k: keep only the k most likely tokens; 0 = off.
-        batch_size: prompts per `generate` call (each contributes `num_samples` rows).
+        batch_size: prompts decoded at once, each with `num_samples` rows (one row when greedy): with
+            `generate`, prompts per call; with `refill`, the batch holds at most this many prompts' rows.
         seed: base seed; with the round, prompt index and sample index it fixes every draw.
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
         chat_template: whether plain string prompts go through the tokenizer's chat template as the user
@@ -84,6 +70,11 @@ class SamplingConfig:
             token the model stops at; see `itersft.loop.prompts`). Chat-message prompts always do. The
             loop trains in the format it sampled in.
         system_prompt: a system turn put first in every chat prompt that has none; needs the template.
+        backend: `"auto"` (default): `"refill"` where it applies, else `"generate"`. `"refill"`: one
+            prefill per prompt shared by its samples, finished rows replaced by waiting prompts; decoder-only
+            models with a full-attention KV cache, not with sharded weights in lockstep (an error names
+            what is missing). `"generate"`: `model.generate`, one row per sample. Both draw the same
+            samples (see the module docstring).
     """
 
     num_samples: int = 4
@@ -96,6 +87,7 @@ class SamplingConfig:
     stop_strings: list[str] | None = None
     chat_template: bool | str = "auto"
     system_prompt: str | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         problems = Problems("SamplingConfig")
@@ -115,65 +107,11 @@ class SamplingConfig:
             problems.add(f"`chat_template` must be true, false or 'auto', got {self.chat_template!r}.")
         if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or not self.system_prompt):
             problems.add(f"`system_prompt` must be None or a non-empty string, got {self.system_prompt!r}.")
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
+            problems.add(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}.")
         problems.raise_if_any()
         if self.stop_strings is not None:
             self.stop_strings = list(self.stop_strings)
-
-
-def sample_seed(seed: int, round_index: int, prompt_index: int, sample_index: int) -> int:
-    """The generator seed of one sample: a stable 63-bit hash of its coordinates (same on every process).
-
-    Python's `hash()` is salted per process, so it would give each rank different samples.
-    """
-    key = f"itersft-sample:{seed}:{round_index}:{prompt_index}:{sample_index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
-
-
-def warp_scores(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Apply temperature, then top-k, then top-p to (rows, vocab) logits; dropped tokens get -inf."""
-    scores = scores / temperature
-    vocab = scores.shape[-1]
-    if 0 < top_k < vocab:
-        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
-    if top_p < 1.0:
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        sorted_probs = sorted_scores.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already hold `top_p` of the mass; the first is kept.
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_scores = sorted_scores.masked_fill(mass_before >= top_p, float("-inf"))
-        scores = torch.empty_like(scores).scatter_(-1, order, sorted_scores)
-    return scores
-
-
-class _RowwiseSampler(LogitsProcessor):
-    """Draws each row's next token from that row's own generator; greedy decoding then takes it.
-
-    Each row gets a stream of uniforms from a CPU `torch.Generator` (so a CPU test and a CUDA rank draw
-    the same numbers), one per decoding step, turned into a token by inverse-CDF on the warped
-    distribution. This is `torch.multinomial(probs, 1, generator=g)` in distribution, but vectorised over
-    rows: one kernel per step instead of one `multinomial` call per row.
-    """
-
-    def __init__(self, seeds: list[int], steps: int, config: SamplingConfig, device: torch.device):
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        uniforms = torch.stack([torch.rand(steps + _SPARE_DRAWS, generator=g) for g in generators])
-        self.uniforms = uniforms.to(device)
-        self.config = config
-        self.step = 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # Row r of `scores` is row r of the batch we built: `generate` never reorders rows without beams.
-        assert scores.shape[0] == self.uniforms.shape[0], "generate changed the number of rows"
-        column = min(self.step, self.uniforms.shape[1] - 1)
-        self.step += 1
-        cfg = self.config
-        probs = warp_scores(scores.float(), cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        cdf = probs.cumsum(dim=-1)
-        # Scale by the row's total so float error in the cumsum cannot push the target past the end.
-        target = self.uniforms[:, column : column + 1].to(cdf.dtype) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
 
 class Sampler:
@@ -183,14 +121,16 @@ class Sampler:
     token pads with EOS. How prompts are rendered, and which ids end a completion, is `self.renderer`'s
     (`itersft.loop.prompts.PromptRenderer`, built from the config's `chat_template` and `system_prompt`).
     The model is put in eval mode for sampling and every module's previous mode is restored afterwards,
-    also when generation raises.
+    also when generation raises. `backend` is the one `config.backend` resolved to for this model
+    (`"refill"` or `"generate"`).
 
     `lockstep` is for a model whose parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3),
-    where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Each
-    `sample()` call then runs as many `generate` calls as the busiest rank's (the others generate from a
-    one-token dummy prompt and discard it), and `generate` keeps stepping until every rank's rows are
-    done (`synced_gpus`). Each rank makes one `sample()` call per phase (a round's draw, an evaluation)
-    with its own share of the prompts, which may be empty.
+    where every forward pass is a collective that all ranks must join: pass the run's `Ranks`. Sampling
+    then uses `generate` (`backend="refill"` is refused). Each `sample()` call runs as many `generate`
+    calls as the busiest rank's (the others generate from a one-token dummy prompt and discard it), and
+    `generate` keeps stepping until every rank's rows are done (`synced_gpus`). Each rank makes one
+    `sample()` call per phase (a round's draw, an evaluation) with its own share of the prompts, which
+    may be empty.
     """
 
     def __init__(self, model, tokenizer, config: SamplingConfig | None = None, lockstep: Ranks | None = None):
@@ -204,11 +144,21 @@ class Sampler:
         self.eos_token_ids = self.renderer.stop_token_ids
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise ValueError(
-                "The tokenizer has neither a pad token nor an EOS token; set `tokenizer.pad_token`."
-            )
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token; set `tokenizer.pad_token`.")
         self.pad_token_id = pad
-        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.backend = self._resolve_backend()
+
+    def _resolve_backend(self) -> str:
+        requested = self.config.backend
+        if requested == "generate":
+            return "generate"
+        reason = refill_unsupported_reason(self.model, lockstep=self.lockstep is not None)
+        if reason is not None and requested == "refill":
+            raise ValueError(f"`backend='refill'` cannot sample from this model: {reason}. Use "
+                             "`backend='generate'` (or `'auto'`, which picks it here).")
+        if requested == "auto":
+            logger.info("sampling backend 'auto' -> %s", f"'generate' ({reason})" if reason else "'refill'")
+        return "generate" if reason else "refill"
 
     def sample(self, prompts: list[Prompt], round_index: int, meta: list[dict] | None = None,
                prompt_indices: list[int] | None = None,
@@ -223,7 +173,8 @@ class Sampler:
         end-of-turn token or the first stop string; `completion_ids` are the generated ids *without*
         that token and without padding (with a stop string: the longest prefix whose decode is a prefix
         of `completion`); `finished` says a stop token or a stop string was produced. `progress(done,
-        total)` is called after each batch of prompts with the prompts sampled so far.
+        total)` is called as prompts complete (after each `generate` call, or as each prompt's last row
+        finishes with `refill`) with the number of prompts sampled so far.
         """
         self._check_arguments(prompts, round_index, meta, prompt_indices)
         if prompt_indices is None:
@@ -234,95 +185,53 @@ class Sampler:
             raise ValueError(f"Prompts at positions {empty[:10]} tokenize to no tokens; remove or fill them.")
         # Longest first: a batch of similar lengths pads little, and an out-of-memory error shows up early.
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-        batches = [order[start : start + self.config.batch_size]
-                   for start in range(0, len(order), self.config.batch_size)]
-        device = _model_device(self.model)
-        idle = 0 if self.lockstep is None else self.lockstep.max(len(batches), device) - len(batches)
-        if not batches and not idle:
-            return []
-
-        results: dict[int, list[Sample]] = {}
+        seeds = [self._seeds(round_index, prompt_indices[i]) for i in order]
+        report = None if progress is None else (lambda done: progress(done, len(prompts)))
         with _eval_mode(self.model), torch.no_grad():
-            for batch in batches:
-                for position, samples in zip(batch, self._sample_batch(batch, encoded, round_index,
-                                                                      prompt_indices), strict=True):
-                    prompt_meta = meta[position] if meta is not None else {}
-                    for s in samples:
-                        s.prompt = prompts[position]
-                        s.messages = self.renderer.conversation(prompts[position])
-                        s.meta = dict(prompt_meta)
-                    results[position] = samples
-                if progress is not None:
-                    progress(len(results), len(prompts))
-            for _ in range(idle):
-                self._generate(torch.full((1, 1), self.pad_token_id, device=device), None)
-        return [s for position in range(len(prompts)) for s in results[position]]
+            ordered_rows = self._decode([encoded[i] for i in order], seeds, report)
+        rows = dict(zip(order, ordered_rows, strict=True))
+        samples = []
+        for position, prompt in enumerate(prompts):
+            prompt_meta = meta[position] if meta is not None else {}
+            for j in range(self.config.num_samples):
+                # Greedy draws the same completion k times: it was generated once.
+                text, ids, finished = self._finish(rows[position][j % len(rows[position])])
+                samples.append(Sample(prompt=prompt, completion=text, prompt_index=prompt_indices[position],
+                                      sample_index=j, completion_ids=ids, finished=finished,
+                                      meta=dict(prompt_meta), messages=self.renderer.conversation(prompt)))
+        return samples
 
-    def _sample_batch(self, batch: list[int], encoded: list[list[int]], round_index: int,
-                      prompt_indices: list[int]) -> list[list[Sample]]:
-        """Generate for the prompts at positions `batch`: a list of k samples per prompt, in `batch` order."""
-        cfg = self.config
-        greedy = cfg.temperature == 0
-        # Greedy draws the same completion k times: generate it once and copy it.
-        rows_per_prompt = 1 if greedy else cfg.num_samples
-        device = _model_device(self.model)
-        input_ids, attention_mask = self._left_pad([encoded[i] for i in batch], device)
-        input_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
-        attention_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
+    def _rows_per_prompt(self) -> int:
+        return 1 if self.config.temperature == 0 else self.config.num_samples
 
-        processors = LogitsProcessorList()
-        if not greedy:
-            seeds = [sample_seed(cfg.seed, round_index, prompt_indices[position], j)
-                     for position in batch for j in range(rows_per_prompt)]
-            processors.append(_RowwiseSampler(seeds, cfg.max_new_tokens, cfg, device))
-        output = self._generate(input_ids, processors, attention_mask)
-        # Causal LMs return prompt + completion; seq2seq returns the decoder start token + completion.
-        generated = output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
-        logger.debug("sampled %d rows x %d prompt tokens -> %d new tokens", *input_ids.shape,
-                     generated.shape[1])
+    def _seeds(self, round_index: int, prompt_index: int) -> list[int]:
+        return [sample_seed(self.config.seed, round_index, prompt_index, j) for j in range(self._rows_per_prompt())]
 
-        grouped = []
-        for b, position in enumerate(batch):
-            samples = []
-            for j in range(cfg.num_samples):
-                row = generated[b * rows_per_prompt + (0 if greedy else j)].tolist()
-                text, ids, finished = self._finish(row)
-                samples.append(Sample(prompt="", completion=text, prompt_index=prompt_indices[position],
-                                      sample_index=j, completion_ids=ids, finished=finished))
-            grouped.append(samples)
-        return grouped
+    def _decode(self, prompts: list[list[int]], seeds: list[list[int]],
+                report: Callable[[int], None] | None) -> list[list[list[int]]]:
+        """Each prompt's generated rows (ids, then the stop token when drawn, maybe padding), by the backend."""
+        cfg, k = self.config, self._rows_per_prompt()
+        if self.backend == "generate":
+            decoder = GenerateDecoder(self.model, self.tokenizer, cfg, rows_per_prompt=k,
+                                      stop_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                                      lockstep=self.lockstep)
+            return decoder.run(prompts, seeds, on_batch_done=report)
+        stop = StopStringCriteria(self.tokenizer, cfg.stop_strings) if cfg.stop_strings else None
+        decoder = RefillDecoder(self.model, rows_per_prompt=k, capacity=cfg.batch_size * k,
+                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                top_p=cfg.top_p, eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                                stop_criteria=stop)
+        done = 0
 
-    def _generate(self, input_ids: torch.Tensor, processors: LogitsProcessorList | None,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`model.generate` with the loop's length, EOS, padding and stop strings, and nothing else."""
-        cfg = self.config
-        generation_config = GenerationConfig(
-            **_NEUTRAL_GENERATION,
-            max_new_tokens=cfg.max_new_tokens,
-            use_cache=True,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_ids or None,
-            stop_strings=cfg.stop_strings,
-        )
-        extra = {"tokenizer": self.tokenizer} if cfg.stop_strings else {}
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                   generation_config=generation_config, logits_processor=processors,
-                                   synced_gpus=self.lockstep is not None, **extra)
+        def prompt_done(_: int) -> None:
+            nonlocal done
+            done += 1
+            report(done)
 
-    def _left_pad(self, rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-pad token id lists into (ids, attention_mask); done here so the tokenizer is never mutated."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        return ids.to(device), mask.to(device)
+        return decoder.run(prompts, seeds, on_prompt_done=None if report is None else prompt_done)
 
     def _finish(self, row: list[int]) -> tuple[str, list[int], bool]:
-        """Cut one generated row at EOS (everything after it is padding) and at the first stop string."""
+        """Cut one generated row at its stop token (everything after it is padding) and at the first stop string."""
         eos = set(self.eos_token_ids)
         end = next((t for t, token in enumerate(row) if token in eos), None)
         finished = end is not None
@@ -356,13 +265,6 @@ class Sampler:
             elif name == "prompt_indices" and not all(is_integer(i) and i >= 0 for i in values):
                 problems.add("`prompt_indices` must hold ints >= 0 (each prompt's index in your prompt list).")
         problems.raise_if_any()
-
-
-def _model_device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
 
 
 @contextmanager
