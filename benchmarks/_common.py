@@ -1,7 +1,7 @@
-"""What every benchmark shares: the machine description, the model, the mixed-length workload.
+"""What every benchmark shares: the header of each table, the model, the workloads, medians and tables.
 
 Not a test module (pytest collects `test_*.py` only); each `bench_*.py` imports it from its own folder.
-The model is a Qwen2-style decoder (hidden 256, 4 layers, 8k vocabulary, about 6M parameters) with
+The model is a Qwen2-style decoder (hidden 256, 4 layers, 8k vocabulary, about 6.3M parameters) with
 fixed-seed random weights, saved with `save_pretrained` so every process (also TRL's own virtualenv)
 loads the same weights.
 """
@@ -13,29 +13,90 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 MODEL = {"vocab_size": 8192, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
 SAMPLES_PER_STEP, MIN_LENGTH, MAX_LENGTH, BATCH_SIZE = 64, 16, 512, 4
+# The training comparisons (bench_training.py): 16 texts per step() call, lengths 16-512 tokens counting EOS.
+TRAINING_SAMPLES = 16
+EOS_TEXT = "</s>"  # the toy tokenizer's EOS, as text (it tokenizes to the EOS id)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
 
 
 def machine() -> str:
     """One line naming the CPU, cores, torch threads and library versions."""
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import transformers
 
-    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, python "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, python "
             f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def commit() -> str:
+    """`git rev-parse --short HEAD`, with `-dirty` when tracked or untracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain") else "")
+
+
+def trl_versions(trl_python: str | None) -> str:
+    """TRL's, transformers' and torch's versions as TRL's virtualenv has them, or why they are missing."""
+    if not trl_python or not Path(trl_python).exists():
+        return "trl: not installed (benchmarks/setup_trl_venv.sh)"
+    code = "import torch, transformers, trl; print(f'trl {trl.__version__} (transformers {transformers.__version__}, " \
+           "torch {torch.__version__})')"
+    done = subprocess.run([trl_python, "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() or "trl: " + (done.stderr.strip().splitlines() or ["failed to import"])[-1]
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def snapshot() -> dict:
+    """The commit and the load when a measurement starts (a header is printed after it ends)."""
+    return {"commit": commit(), "load": load()}
+
+
+def header(title: str, trl_python: str | None = None, device: str = "cpu", started: dict | None = None) -> str:
+    """The lines above a table: what was measured, the commit, versions, threads, machine, and the load at
+    the start (`started`, from `snapshot()` when the measurement began) and now."""
+    import transformers
+
+    started = started or snapshot()
+    lines = [f"# {title}",
+             f"# commit {started['commit']}; python {platform.python_version()}, torch {torch.__version__}, "
+             f"transformers {transformers.__version__}"
+             + (f"; {trl_versions(trl_python)}" if trl_python is not None else ""),
+             f"# machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+             f"{started['load']} at the start, {load()} at the end"]
+    if device.startswith("cuda") and torch.cuda.is_available():
+        lines.append(f"# device: {torch.cuda.get_device_name(device)}")
+    return "\n".join(lines)
+
+
+def quiet_transformers() -> None:
+    """No progress bars or info logs from transformers in a benchmark's output (a script's own choice)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def save_model(directory: Path, seed: int = 0, **overrides) -> Path:
@@ -60,10 +121,25 @@ def save_model(directory: Path, seed: int = 0, **overrides) -> Path:
 
 def workload(step: int, samples: int = SAMPLES_PER_STEP, seed: int = 0, vocab: int = MODEL["vocab_size"],
              min_length: int = MIN_LENGTH, max_length: int = MAX_LENGTH) -> list[torch.Tensor]:
-    """The samples of one step: lengths uniform in [min_length, max_length], ids uniform, from (seed, step)."""
+    """The samples of one step as token tensors: lengths uniform in [min_length, max_length], ids uniform."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     lengths = torch.randint(min_length, max_length + 1, (samples,), generator=generator).tolist()
     return [torch.randint(4, vocab, (n,), generator=generator) for n in lengths]
+
+
+def text_workload(step: int, samples: int = TRAINING_SAMPLES, seed: int = 0, min_length: int = MIN_LENGTH,
+                  max_length: int = MAX_LENGTH) -> list[str]:
+    """The texts of one step: lowercase letters, one byte-level token each, so that with the EOS that
+    `step()` appends a text is `n` tokens, `n` uniform in [min_length, max_length], from (seed, step)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    lengths = torch.randint(min_length, max_length + 1, (samples,), generator=generator).tolist()
+    return ["".join(chr(97 + c) for c in torch.randint(0, 26, (n - 1,), generator=generator).tolist())
+            for n in lengths]
+
+
+def real_tokens(texts: list[str]) -> int:
+    """Tokens of `text_workload`'s texts with their EOS: one per letter, plus one."""
+    return sum(len(text) + 1 for text in texts)
 
 
 def peak_rss_mib() -> float:

@@ -1,20 +1,32 @@
-"""The systems a benchmark times, each run in its own process by `python _workers.py SYSTEM ...`.
+"""The systems the training benchmark times, each in its own process: `python _workers.py SYSTEM ...`.
 
-A fresh process per run makes peak RSS comparable (it is the process's own high-water mark) and lets
-TRL run in its own virtualenv (transformers 4.x). Prints one `RESULT {json}` line: per-step seconds,
-real (non-padding) tokens per step, peak RSS.
+A process per system makes peak RSS comparable (each is its own high-water mark) and lets TRL run in
+its own virtualenv (transformers 4.x). Every system loads the same saved weights and trains on the
+same texts (`_common.text_workload`). It runs step 0 as a warm-up and prints `RESULT {"ready": true}`;
+then each line `round` on stdin runs steps 1..N (the same texts every round) and prints one `RESULT
+{json}` line: per step the seconds, real (non-padding) tokens, computed tokens (padding included) and
+optimizer updates, and the round's first loss. So the driver interleaves the systems round by round
+without paying a process start per round. End of input: a last `RESULT` line with peak RSS (and, on
+CUDA, peak device memory), then exit.
 
 Systems:
-  bare     plain PyTorch: each micro-batch right-padded, full logits, cross-entropy summed and divided
-           by the step's label tokens, backward; one AdamW update per step (fused, no weight decay: the
-           trainer's default optimizer); no trainer
-  itersft  `IterativeSFTTrainer.step()` with `--batching` and `--accumulation`
-  trl      TRL 0.23.1 `IterativeSFTTrainer.step()` (run with benchmarks/.venv-trl/bin/python)
+  itersft  `IterativeSFTTrainer.step(texts=...)`, library defaults except batch size, accumulation and LR
+           (and `--batching` when given)
+  bare     `_bare.BareLoop` on the micro-batches `step()` forms (same layout, same loss, same optimizer)
+  trl      TRL 0.23.1 `IterativeSFTTrainer.step(texts=...)` (run with benchmarks/.venv-trl/bin/python);
+           the texts carry their EOS as text, so it trains on the same token sequences. Its optimizer
+           steps after every micro-batch whatever `gradient_accumulation_steps` (or accelerate's
+           `gradient_accumulation_kwargs`) says: its Accelerator is built with accumulation 1. So with
+           `--accumulation A` it runs micro-batches of 4 x A samples: one update per A x 4 samples, as
+           itersft makes, over the same samples. The updates it takes are counted, not assumed.
+
+    printf 'round\nround\n' | python _workers.py itersft --model DIR --accumulation 4 --steps 3 [--device cuda --bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -23,114 +35,154 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import BATCH_SIZE, emit, peak_rss_mib, workload  # noqa: E402
+from _common import BATCH_SIZE, EOS_TEXT, MAX_LENGTH, TRAINING_SAMPLES, emit, peak_rss_mib, text_workload  # noqa: E402
 
 LEARNING_RATE = 1e-4
 
 
-def padded(samples: list[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad one micro-batch; labels are the ids, -100 on padding."""
-    width = max(len(s) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, sample in enumerate(samples):
-        ids[row, : len(sample)] = sample
-        mask[row, : len(sample)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+def itersft_stepper(args, model_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from itersft import IterativeSFTConfig, IterativeSFTTrainer
+
+    extra = {"batching": args.batching} if args.batching else {}
+    config = IterativeSFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", learning_rate=LEARNING_RATE,
+                                per_device_train_batch_size=BATCH_SIZE, gradient_accumulation_steps=args.accumulation,
+                                save_strategy="no", bf16=args.bf16, use_cpu=args.device == "cpu", **extra)
+    trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
+                                  tokenizer=AutoTokenizer.from_pretrained(model_dir))
+
+    def step(texts):
+        stats = trainer.step(texts=texts)
+        return {"real": stats["real_tokens"], "computed": stats["padded_tokens"], "updates": stats["updates"],
+                "loss": stats["loss"]}
+
+    return step
 
 
-def bare_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]]) -> float:
-    """One update over `micro_batches` with a token-mean loss; returns the mean loss."""
-    tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-    total = torch.zeros(())
-    for batch in micro_batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                 batch["labels"][:, 1:].reshape(-1), reduction="sum")
-        (loss / tokens).backward()
-        total += loss.detach()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total.item() / tokens
+def bare_stepper(args, model_dir: Path):
+    from _bare import BareLoop
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from itersft import IterativeSFTConfig
+
+    batching = args.batching or IterativeSFTConfig.batching  # the trainer's default layout
+    loop = BareLoop(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir),
+                    BATCH_SIZE, args.accumulation, batching, LEARNING_RATE, device=args.device,
+                    autocast_dtype=torch.bfloat16 if args.bf16 else None)
+    updates = 0
+
+    def prepare(texts):  # before the clock: the micro-batches are the trainer's work, not the loop's
+        nonlocal updates
+        windows = loop.micro_batches(texts, updates)
+        updates += len(windows)
+        return windows
+
+    def step(windows):
+        loss = loop.step(windows)
+        return {"real": loop.real_tokens(windows), "computed": loop.computed_tokens(windows),
+                "updates": len(windows), "loss": loss}
+
+    return step, prepare
 
 
-def make_stepper(args, model_dir: Path):
-    """A function `samples -> computed tokens` that trains one step the way `args.system` does; computed
-    tokens count padding, real tokens do not."""
-    if args.system == "bare":
-        from transformers import AutoModelForCausalLM
+def trl_stepper(args, model_dir: Path):
+    import warnings
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0, fused=True)
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from trl import IterativeSFTConfig, IterativeSFTTrainer
 
-        def bare(samples):
-            batches = [padded(samples[i : i + BATCH_SIZE], 0) for i in range(0, len(samples), BATCH_SIZE)]
-            bare_step(model, optimizer, batches)
-            return sum(b["input_ids"].numel() for b in batches)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # transformers 4 cannot read the tokenizer class name transformers 5 saved; the file itself is the same
+    # byte-level tokenizer (`itersft.toy.build_tokenizer`, whose special tokens these are).
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), pad_token="<pad>",
+                                        bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    # A fair run: max_steps set and a constant schedule, so the LR is not decayed to zero (TRL's default);
+    # bf16 only where asked (TRL's config turns it on by default, which fails on CPU).
+    config = IterativeSFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", learning_rate=LEARNING_RATE,
+                                save_strategy="no", max_steps=100_000, lr_scheduler_type="constant", bf16=args.bf16,
+                                use_cpu=args.device == "cpu",
+                                per_device_train_batch_size=BATCH_SIZE * args.accumulation)
+    trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
+                                  processing_class=tokenizer)
+    inner = trainer.optimizer.optimizer  # under accelerate's wrapper: counts the updates really taken
+    updates, inner_step = [0], inner.step
 
-        return bare
-    if args.system == "itersft":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def counted(*a, **k):
+        updates[0] += 1
+        return inner_step(*a, **k)
 
-        from itersft import IterativeSFTConfig, IterativeSFTTrainer
+    inner.step = counted
 
-        config = IterativeSFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", learning_rate=LEARNING_RATE,
-                                    per_device_train_batch_size=BATCH_SIZE, save_strategy="no",
-                                    gradient_accumulation_steps=args.accumulation, batching=args.batching)
-        trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
-                                      tokenizer=AutoTokenizer.from_pretrained(model_dir))
-        return lambda samples: trainer.step(input_ids=samples)["padded_tokens"]
-    if args.system == "trl":
-        import warnings
+    def step(texts):
+        texts = [text + EOS_TEXT for text in texts]
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        before = updates[0]
+        trainer.step(texts=texts)
+        # it pads the whole step to its longest text, whatever the micro-batch
+        return {"real": sum(lengths), "computed": len(lengths) * max(lengths), "updates": updates[0] - before,
+                "loss": None}
 
-        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-        from trl import IterativeSFTConfig, IterativeSFTTrainer
-
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        # transformers 4 cannot read the tokenizer class name transformers 5 saved; the file itself is the same
-        # byte-level tokenizer (`itersft.toy.build_tokenizer`, whose special tokens these are).
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), pad_token="<pad>",
-                                            bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-        # A fair run: max_steps set and a constant schedule, so the LR is not decayed to zero (TRL's default).
-        config = IterativeSFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", learning_rate=LEARNING_RATE,
-                                    per_device_train_batch_size=BATCH_SIZE, save_strategy="no",
-                                    max_steps=100_000, lr_scheduler_type="constant", bf16=False)  # fp32, as the others
-        trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
-                                      processing_class=tokenizer)
-
-        def trl(samples):
-            # TRL 0.23 requires all three lists with input_ids (its collator rebuilds the labels anyway).
-            trainer.step(input_ids=samples, attention_mask=[torch.ones_like(s) for s in samples], labels=samples)
-            return len(samples) * max(len(s) for s in samples)  # it pads the whole step to its longest sample
-
-        return trl
-    raise SystemExit(f"unknown system {args.system!r}")
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("system", choices=["bare", "itersft", "trl"])
+    parser.add_argument("system", choices=["itersft", "bare", "trl"])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps, after one warm-up step")
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--batching", default="sorted")
-    parser.add_argument("--accumulation", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--samples", type=int, default=TRAINING_SAMPLES, help="texts per step")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="longest text, in tokens")
+    parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--batching", default=None, help="itersft/bare layout; default: the library's default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (all systems keep float32 weights)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall: elapsed seconds; cpu: this process's CPU seconds (steadier on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.manual_seed(0)
-    step = make_stepper(args, Path(args.model))
-    times, tokens, computed = [], [], []
-    for index in range(args.steps + 1):
-        samples = workload(index, samples=args.samples)
-        started = time.perf_counter()
-        with_padding = step(samples)
-        if index:  # step 0 warms up (lazy initialisation, allocator)
-            times.append(time.perf_counter() - started)
-            tokens.append(sum(len(s) for s in samples))
-            computed.append(with_padding)
-    emit({"step_seconds": times, "tokens": tokens, "computed_tokens": computed, "peak_rss_mib": peak_rss_mib(),
-          "threads": torch.get_num_threads(), "torch": torch.__version__})
+    prepare = lambda texts: texts  # noqa: E731
+    if args.system == "itersft":
+        step = itersft_stepper(args, Path(args.model))
+    elif args.system == "bare":
+        step, prepare = bare_stepper(args, Path(args.model))
+    else:
+        step = trl_stepper(args, Path(args.model))
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def timed(index: int) -> tuple[float, dict]:
+        work = prepare(text_workload(index, samples=args.samples, max_length=args.max_length))
+        sync()
+        started = clock()
+        done = step(work)
+        if isinstance(done["loss"], torch.Tensor):
+            done["loss"] = done["loss"].item()
+        sync()
+        return clock() - started, done
+
+    timed(0)  # warm-up: lazy initialisation, allocator, kernels
+    emit({"ready": True})
+    for command in sys.stdin:  # one line per round from the driver; anything else ends the process
+        if command.strip() != "round":
+            break
+        result = {"step_seconds": [], "real_tokens": [], "computed_tokens": [], "updates": [], "loss": None}
+        for index in range(1, args.steps + 1):  # the same texts every round: equal work in every round
+            seconds, done = timed(index)
+            result["step_seconds"].append(seconds)
+            result["real_tokens"].append(int(done["real"]))
+            result["computed_tokens"].append(int(done["computed"]))
+            result["updates"].append(int(done["updates"]))
+            result["loss"] = done["loss"] if result["loss"] is None else result["loss"]
+        emit(result)
+    emit({"peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+          "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None})
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(BrokenPipeError):
+        main()

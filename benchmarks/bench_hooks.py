@@ -76,7 +76,8 @@ def build_trainer(system: str, model_dir: Path, samples: int):
     config = IterativeSFTConfig(output_dir=tempfile.mkdtemp(), report_to="none", learning_rate=1e-4,
                                 per_device_train_batch_size=BATCH_SIZE,
                                 gradient_accumulation_steps=-(-samples // BATCH_SIZE), max_grad_norm=0.0,
-                                save_strategy="no", logging_steps=10**9, seed=0)
+                                save_strategy="no", logging_steps=10**9, seed=0,
+                                batching="sorted")  # the layout every system here can take (no packing)
     extra = {"data_collator": pad_like_the_trainer(tokenizer.pad_token_id)} if system == "collator" else {}
     torch.manual_seed(0)
     return classes.get(system, IterativeSFTTrainer)(AutoModelForCausalLM.from_pretrained(model_dir), config,

@@ -1,7 +1,7 @@
 """Benchmark 4: time per `step()` as the step grows from 16 to 256 samples.
 
 The mixed-length workload (lengths uniform 16-512, batch 4) on the Qwen2-style model of
-`_common.py`, default settings (`batching="sorted"`) with `gradient_accumulation_steps=16`, so a
+`_common.py`, default settings (`batching="auto"`) with `gradient_accumulation_steps=16`, so a
 step of n samples makes n/64 updates (16 samples: one update over 4 micro-batches). Linear scaling
 means a constant time per real token: the last column is each size's seconds per 1k real tokens
 relative to the 64-sample step's.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BATCH_SIZE, machine, median, save_model, table, workload  # noqa: E402
+from _common import BATCH_SIZE, header, median, save_model, snapshot, table, workload  # noqa: E402
 
 SIZES = (16, 32, 64, 128, 256)
 
@@ -39,6 +39,7 @@ def main() -> None:
     trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), config,
                                   tokenizer=AutoTokenizer.from_pretrained(model_dir))
     trainer.step(input_ids=workload(10_000, samples=64))  # warm-up
+    began = snapshot()
     seconds, tokens = {n: [] for n in SIZES}, {n: [] for n in SIZES}
     for round_index in range(args.rounds):
         for n in SIZES:
@@ -50,9 +51,8 @@ def main() -> None:
     per_k = {n: median([s / t * 1000 for s, t in zip(seconds[n], tokens[n])]) for n in SIZES}
     rows = [[n, f"{median(seconds[n]):.2f}", f"{median(seconds[n]) / n * 1000:.1f}", f"{median(tokens[n]):,.0f}",
              f"{per_k[n]:.3f}", f"{per_k[n] / per_k[64]:.2f}x"] for n in SIZES]
-    print(f"# step() time vs step size, mixed lengths 16-512, batch {BATCH_SIZE}, accumulation 16; {args.rounds} "
-          "rounds + 1 warm-up step; medians")
-    print(f"# machine: {machine()}")
+    print(header(f"step() time vs step size, mixed lengths 16-512, batch {BATCH_SIZE}, accumulation 16, default "
+                 f"batching; {args.rounds} rounds + 1 warm-up step; medians", started=began))
     print(table(rows, ["samples/step", "s/step", "ms/sample", "real tokens", "s per 1k tokens",
                        "s per 1k tokens vs 64"]))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build benchmarks/.venv-trl: TRL 0.23.1 (the last release with IterativeSFTTrainer) on transformers 4.x, for
-# bench_vs_trl.py. torch is installed first and pinned, so pip never resolves another torch into it.
+# bench_training.py. torch is installed first and pinned, so pip never resolves another torch into it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${TRL_VENV:-$here/.venv-trl}"

@@ -52,17 +52,18 @@ class IterativeSFTConfig(TrainingArguments):
     add_eos_token: bool = documented(True,
         "Append the EOS token to tokenised `texts`, completions and seq2seq targets "
         "that do not already end with it, so the model learns to stop.")
-    batching: str = documented("sorted",
+    batching: str = documented("auto",
         "How `step()` lays out micro-batches; every mode learns the same thing (same loss and "
-        "gradient per update). `sorted`: within each accumulation window, samples of similar "
-        "length share a micro-batch, right-padded. `packed`: sorted, then each causal micro-batch "
-        "is one padding-free row with per-sample `position_ids` (no padding, but sdpa and eager "
-        "attention then cost (tokens in the row)^2; flash-attention kernels do not). `auto`: "
-        "sorted, and each micro-batch packed when that is estimated cheaper (always with "
-        "flash-attention). `padded`: the given (shuffled) order, right-padded. Seq2seq and models "
-        "without packed-sequence support are never packed, nor is a `data_collator`'s batch (it lays "
-        "out its own; `packed` is refused with one); `compute_loss`/`training_step` overrides get packed "
-        "rows only with `packed`.")
+        "gradient per update). `auto` (the fastest measured): sorted, and each micro-batch packed "
+        "when that is cheaper, which is always where the row is attended sample by sample "
+        "(flash-attention, or sdpa/eager on CPU without activation checkpointing). `sorted`: within "
+        "each accumulation window, samples of similar length share a micro-batch, right-padded. "
+        "`packed`: sorted, then each causal micro-batch is one padding-free row with per-sample "
+        "`position_ids` (elsewhere sdpa and eager attend that row whole under a block-diagonal mask, at "
+        "a cost in (tokens in the row)^2). `padded`: the given (shuffled) order, right-padded. Seq2seq "
+        "and models without packed-sequence support are never packed, nor is a `data_collator`'s batch "
+        "(it lays out its own; `packed` is refused with one); `compute_loss`/`training_step` overrides "
+        "get packed rows only with `packed`.")
     guard_updates: bool = documented(True,
         "Copy the trainable weights and the optimizer state before each update, so an update that makes a "
         "weight non-finite, or that is interrupted (out of memory, KeyboardInterrupt), is undone and the next "

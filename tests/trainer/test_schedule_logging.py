@@ -193,11 +193,14 @@ def test_stats_counts_for_known_input(causal_model, tokenizer, tmp_path):
     assert stats["updates"] == 2 and stats["skipped_updates"] == 0 and stats["global_step"] == 2
     assert stats["trained_tokens"] == sum(n - 1 for n in lengths)  # the first token is never predicted
     assert stats["real_tokens"] == sum(lengths)
-    assert stats["padded_tokens"] == 2 * max(lengths[:2]) + lengths[2]  # micro-batches [abc, hello], [xy]
+    assert stats["padded_tokens"] == sum(lengths)  # the default batching packs each micro-batch: no padding
     assert stats["step_time"] > 0
     assert stats["tokens_per_second"] == pytest.approx(stats["real_tokens"] / stats["step_time"], rel=1e-6)
     assert stats["learning_rate"] == pytest.approx(LR)
     assert math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
+    padded = IterativeSFTTrainer(causal_model, config(tmp_path, per_device_train_batch_size=2, shuffle_samples=False,
+                                                      batching="padded"), tokenizer).step(texts=texts)
+    assert padded["padded_tokens"] == 2 * max(lengths[:2]) + lengths[2]  # micro-batches [abc, hello], [xy]
 
 
 def test_stats_loss_and_grad_norm_match_independent_computation(causal_model, tokenizer, tmp_path):

@@ -49,7 +49,7 @@ def by_length(window: list[list], length) -> list[list]:
 
 
 def lay_out_window(window: list[list[Example]], batching: str, packs: bool, hidden_size: int,
-                   flash_attention: bool) -> list[tuple[list[Example], bool]]:
+                   attends_per_sample: bool) -> list[tuple[list[Example], bool]]:
     """The micro-batches of one accumulation window as they run, each with whether it is packed.
 
     `batching` is the trainer's setting (`IterativeSFTConfig.batching`): every mode but `padded` regroups
@@ -63,5 +63,5 @@ def lay_out_window(window: list[list[Example]], batching: str, packs: bool, hidd
     packable = packs and batching in ("packed", "auto")
     return [(batch, packable and bool(batch) and can_pack(batch)
              and (batching == "packed" or packing_pays([len(e.input_ids) for e in batch], hidden_size,
-                                                        flash_attention)))
+                                                        attends_per_sample)))
             for batch in window]

@@ -10,7 +10,7 @@ from itersft.data.packing import can_pack, pack
 
 
 def collate(examples: list[Example], pad_token_id: int, is_encoder_decoder: bool,
-            packed: bool = False) -> dict[str, torch.Tensor]:
+            packed: bool = False) -> dict[str, torch.Tensor | tuple[int, ...]]:
     """Pad ids with `pad_token_id`, masks with 0 and labels with -100, all on the right.
 
     Right padding keeps every causal sequence's positions starting at 0, so position ids need not be

@@ -7,7 +7,9 @@ samples and every sample sees the positions it would alone: the forward is the p
 the padding. It only looks for them when there is no cache, so the model must be called with
 `use_cache=False` (the trainer always does). The first label of each sample is set to -100 so
 that, after the loss's one-position shift, the last token of a sample is not asked to predict the
-first token of the next; that label never carried loss anyway (nothing precedes it).
+first token of the next; that label never carried loss anyway (nothing precedes it). On CPU the
+trainer has sdpa and eager models attend each sample's slice of the row on its own instead
+(`itersft.packed_attention`): the same attention without the work the mask throws away.
 
 Samples whose attention mask has zeros (padding the caller left inside) are not packed: dropping
 those tokens would renumber positions, so such micro-batches stay padded. Which models may be packed is
@@ -40,17 +42,19 @@ def pack(examples: list[Example]) -> dict[str, torch.Tensor]:
     }
 
 
-def packing_pays(lengths: list[int], hidden_size: int, flash_attention: bool) -> bool:
+def packing_pays(lengths: list[int], hidden_size: int, attends_per_sample: bool) -> bool:
     """Whether one packed row of samples of these `lengths` should cost less than right-padding them.
 
-    With flash-attention kernels a packed row is attended sample by sample, so packing always pays.
-    With sdpa and eager attention the row is attended as a whole under a block-diagonal mask, at a cost
-    growing with (tokens in the row)^2. Per layer and token, the projections and MLP cost about
-    12 * hidden^2 and attention about 4 * hidden * (context); so packing `n` tokens is cheaper than
-    `b` rows of `m` when n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks
-    padding for length-sorted micro-batches (little padding to save) and packing for mixed ones.
+    Where the row is attended sample by sample (`attends_per_sample`: flash-attention kernels, or sdpa
+    and eager on CPU through `itersft.packed_attention`) packing always pays: it computes no padding
+    and attends no more. Otherwise (sdpa and eager on an accelerator or under activation checkpointing)
+    the row is attended as a whole under a block-diagonal mask, at a cost growing with (tokens in the
+    row)^2. Per layer and token, the projections and MLP cost about 12 * hidden^2 and attention about
+    4 * hidden * (context); so packing `n` tokens is cheaper than `b` rows of `m` when
+    n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks padding for
+    length-sorted micro-batches (little padding to save) and packing for mixed ones.
     """
-    if flash_attention:
+    if attends_per_sample:
         return True
     hidden = 3 * hidden_size
     tokens, longest = sum(lengths), max(lengths)

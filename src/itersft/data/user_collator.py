@@ -40,8 +40,8 @@ def check_collator(collator: Callable | None, batching: str) -> Callable | None:
                         f"{type(collator).__name__}.")
     if collator is not None and batching == "packed":
         raise ValueError(f"`batching`='packed' cannot apply to `data_collator`={collator_name(collator)}: the "
-                         "collator lays out each micro-batch. Use batching='sorted' (the default), or drop the "
-                         "collator to let the trainer pack.")
+                         "collator lays out each micro-batch. Use batching='auto' (the default, which "
+                         "never packs a collator's batch) or 'sorted', or drop the collator to let the trainer pack.")
     return collator
 
 

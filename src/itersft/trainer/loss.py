@@ -26,10 +26,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_compiled_module
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.distributed.fsdp import FSDPModule
 
+from itersft import packed_attention
 from itersft.data.example import IGNORE_INDEX
 from itersft.trainer.model_facts import ModelFacts
 
@@ -163,7 +165,8 @@ class SummedLoss:
     (evaluation; training in one process) may take the decoder + chunked head route; a wrapper (DDP)
     must be called as a whole. Forward hooks are not fixed (a user or a library such as ZeRO-3 may add
     them at any time), so they are looked up on every call: where the model or its head carries one, the
-    full forward runs so the hook sees it.
+    full forward runs so the hook sees it. A packed row (`packed_lengths` in the batch) is attended sample
+    by sample where `attends_per_sample` says so.
     """
 
     def __init__(self, model: nn.Module, facts: ModelFacts,
@@ -181,12 +184,25 @@ class SummedLoss:
             return "head"
         return "logits_to_keep" if self.facts.takes_logits_to_keep else "full"
 
+    def attends_per_sample(self, module: nn.Module) -> bool:
+        """Whether a packed row run through `module` is attended sample by sample: by flash-attention
+        kernels, or by `itersft.packed_attention` (not through `torch.compile`, whose graph would not see
+        the switch of attention function)."""
+        return self.facts.flash_attention or (packed_attention.applies(self.model) and not is_compiled_module(module))
+
     def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         route = self.route(module)
         if route == "seq2seq":
             return seq2seq_summed_loss(module, batch, self.facts.base)
-        return causal_summed_loss(module, batch, self.autocast, self.head if route == "head" else None,
-                                  keep_logits=route == "logits_to_keep")
+        attention = contextlib.nullcontext()
+        if batch.get("packed_lengths") is not None:
+            if packed_attention.applies(self.model) and not is_compiled_module(module):
+                attention = packed_attention.attending_per_sample(self.model)
+            else:  # flash kernels, or transformers' block-diagonal mask: the lengths are not read
+                batch = {k: v for k, v in batch.items() if k != "packed_lengths"}
+        with attention:
+            return causal_summed_loss(module, batch, self.autocast, self.head if route == "head" else None,
+                                      keep_logits=route == "logits_to_keep")
 
 
 def causal_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor],
@@ -194,12 +210,13 @@ def causal_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor],
                        head: tuple[nn.Module, nn.Linear] | None = None, keep_logits: bool = False) -> torch.Tensor:
     """Summed token loss of one causal micro-batch, computed at its label positions only when possible.
 
-    `batch` holds the model inputs (`input_ids` and `attention_mask` or, packed, `position_ids`) plus
-    `loss_positions`/`loss_targets` from `label_positions` and `labels` for the full-logits path. `head`
+    `batch` holds the model inputs (`input_ids` and `attention_mask` or, packed, `position_ids` and
+    possibly `packed_lengths`, read by `itersft.packed_attention`) plus `loss_positions`/`loss_targets`
+    from `label_positions` and `labels` for the full-logits path. `head`
     is `module`'s `(decoder, lm_head)` split where it may be used; `keep_logits` says `module`'s forward
     takes `logits_to_keep`.
     """
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "packed_lengths") if k in batch}
     positions, targets = batch["loss_positions"], batch["loss_targets"]
     if head is not None:
         decoder, lm_head = head

@@ -292,11 +292,15 @@ class IterativeSFTTrainer(Trainer):
 
     def device_batch(self, examples: list[Example], packed: bool = False) -> dict[str, torch.Tensor]:
         """Collate on the host and move to the device; causal label positions are found on the host,
-        so the device never has to report a count back."""
+        so the device never has to report a count back. A packed row also carries `packed_lengths`, its
+        samples' lengths as host ints, for `itersft.packed_attention` (no device sync to find them)."""
         host = collate(examples, self.pad_token_id, self.is_encoder_decoder, packed)
         if not self.is_encoder_decoder:
             host["loss_positions"], host["loss_targets"] = label_positions(host["labels"])
-        return {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
+        batch = {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
+        if packed:
+            batch["packed_lengths"] = tuple(len(e.input_ids) for e in examples)
+        return batch
 
     def weightless_loss(self, module) -> torch.Tensor:
         """A zero loss from a real forward pass through `module` (the model, possibly DDP-wrapped).

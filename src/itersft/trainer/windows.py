@@ -38,8 +38,9 @@ def plan_windows(trainer, examples: list[Example], carries_labels: bool, overrid
     else:
         local = [sum(e.num_loss_tokens(not trainer.is_encoder_decoder) for batch in window for e in batch)
                  for window in windows]
-        laid_out = [lay_out_window(window, trainer.settings.batching, facts.packs, facts.hidden_size,
-                                   facts.flash_attention) for window in windows]
+        per_sample = trainer.summed_loss.attends_per_sample(trainer.model_wrapped)
+        laid_out = [lay_out_window(window, trainer.settings.batching, facts.packs, facts.hidden_size, per_sample)
+                    for window in windows]
     return list(zip(laid_out, (int(tokens) for tokens in trainer.ranks.sum(local, args.device))))
 
 
