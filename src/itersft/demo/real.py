@@ -60,6 +60,10 @@ class RealDemoHyperparameters:
         batch_size: samples per optimizer update.
         sampler_batch_size: questions per `generate` call.
         bf16: bfloat16 autocast for sampling, training and evaluation.
+
+    Measured at seed 0 on 2 shared CPU cores (held-out greedy accuracy, base 31.2%): with these settings
+    63.5% after the loop against 46.9% for the control, 375 s in all; with `learning_rate` 1e-5 the
+    loop reached only 41.7% (control 20.8%): 12 updates at that rate already undo part of the gain.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -72,7 +76,7 @@ class RealDemoHyperparameters:
     max_new_tokens: int = 48
     eval_max_new_tokens: int = 64
     kept_per_prompt: int = 2
-    learning_rate: float = 1e-5
+    learning_rate: float = 5e-6
     batch_size: int = 8
     sampler_batch_size: int = 32
     bf16: bool = True
