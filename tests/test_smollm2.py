@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -137,3 +140,32 @@ def test_one_round_of_the_loop_finishes_and_writes_its_artefacts(smollm2, tmp_pa
     final = AutoModelForCausalLM.from_pretrained(run / "final")
     assert sum(p.numel() for p in final.parameters()) == 134_515_008
     assert AutoTokenizer.from_pretrained(run / "final").eos_token == "<|im_end|>"
+
+
+def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(smollm2, tmp_path):
+    """`itersft demo-real --quick` end to end (about half a minute); the saved copy stands in for the short
+    name, whose loading the fixture has already checked."""
+    loaded, _ = smollm2
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "demo-real", "--quick", "--seed", "0",
+                             "--model", str(loaded.directory), "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "eval acc" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [0]
+    assert summary["loop_samples"] == [metrics[0]["train_samples"]] and metrics[0]["train_samples"] > 0
+    assert summary["control_updates"] == summary["loop_updates"] == metrics[0]["train_updates"] > 0
+    assert set(summary["seconds"]) == {"load", "base_eval", "loop", "loop_eval", "control", "control_eval", "total"}
+    for key in ("accuracy_before_loop", "accuracy_after_loop", "accuracy_control"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "final" / "config.json").is_file()
+
+    held_out = {frozenset(pair) for pair in summary["held_out_pairs"]}
+    accepted = [json.loads(line) for line in (tmp_path / "accepted" / "round-0000.jsonl").read_text().splitlines()]
+    for sample in accepted:
+        system, user = sample["messages"]
+        assert system == {"role": "system", "content": summary["hyperparameters"]["system_prompt"]}
+        assert frozenset(int(n) for n in re.findall(r"\d+", user["content"])) not in held_out
+        assert sample["score"] == 1.0 and sample["finished"]

