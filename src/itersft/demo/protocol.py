@@ -21,12 +21,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from itersft.demo.controls import RandomPick
 from itersft.loop.callbacks import LoopCallback
 
 
@@ -149,22 +149,3 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
-
-class RandomPick:
-    """The unfiltered control's "filter": a seeded random pick of finished samples, ignoring their scores.
-
-    Round r keeps `counts[r]` of them (the number the verified loop trained on in round r), so the
-    control trains on as many self-generated samples, and makes as many updates, as the loop did.
-    """
-
-    def __init__(self, counts: list[int], seed: int):
-        self.counts = counts
-        self.seed = seed
-        self.round = 0
-
-    def __call__(self, samples: list) -> list:
-        finished = [i for i, s in enumerate(samples) if s.finished]
-        count = min(self.counts[self.round], len(finished))
-        chosen = set(random.Random(self.seed * 1_000 + self.round).sample(finished, count))
-        self.round += 1
-        return [s for i, s in enumerate(samples) if i in chosen]
