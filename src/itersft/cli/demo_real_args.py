@@ -14,5 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="The instruct model to start from (default smollm2-135m-instruct, which needs "
                              "`make smollm2`): a short name, hub id, folder or .gguf file.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: every CPU this process may use; pass 1 on a machine other "
+                             "jobs keep busy, where threads contending for cores run slower than one).")
     parser.add_argument("--quick", action="store_true",
                         help="A test-sized run (a handful of questions, one round): checks the plumbing, not the lift.")
