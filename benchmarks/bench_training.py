@@ -29,7 +29,7 @@ round), in an order that rotates between rounds. The overhead comparison alterna
 by step in this process. Each ratio is the median over rounds of that round's ratio; peak RSS is each
 process's own high-water mark.
 
-    python benchmarks/bench_training.py                      # CPU, ~10-15 minutes on 2 quiet cores
+    python benchmarks/bench_training.py                      # CPU, about 6 minutes on 2 quiet cores
     python benchmarks/bench_training.py --rounds 5 --steps 3
     python benchmarks/bench_training.py --device cuda --bf16 --model smollm2-135m   # see gpu.sh
 """
