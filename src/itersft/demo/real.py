@@ -96,7 +96,7 @@ def run_real_demo(seed: int, output_dir: str | Path,
 
     Each phase ("load", "base_eval", "loop_eval", "control", "control_eval") is reported through
     `DemoCallback.on_phase_end` with its seconds (and its accuracy or updates); the loop's rounds
-    through the usual `LoopCallback` hooks. The caller chooses torch's thread count (the CLI pins it to 1).
+    through the usual `LoopCallback` hooks. The caller chooses torch's thread count (the CLI: every usable core).
     """
     import torch
 
