@@ -65,7 +65,9 @@ class RealDemoHyperparameters:
     51.6% after the loop against 37.0% for the control, 205 s in all. Tried and worse at 192 questions:
     a third round of 64 (18 updates: 43.2% against 24.5%); 3 rounds of 128 questions (37 updates: the
     loop fell to 18.8%, the control to 2.6%: training this long on its own samples wears the model
-    down); 3 rounds with k = 8 and one kept answer per question (47.9% against 43.2%). With 96
+    down); 3 rounds with k = 8 and one kept answer per question (47.9% against 43.2%); 3 rounds at
+    learning rate 3e-6 (52.6% against 35.9%: 20.8 points over the base model, 16.7 over the control,
+    no better on the control side). With 96
     questions the same settings measured 63.5% against 46.9% (one thread): one question is a point
     there, so differences of a few points are noise.
     """
