@@ -62,27 +62,26 @@ class RealDemoHyperparameters:
         bf16: bfloat16 autocast for sampling, training and evaluation.
 
     Measured at seed 0 on 2 CPU cores, 192 held-out questions (base model 31.8%): these settings reach
-    51.6% after the loop against 37.0% for the control, 205 s in all. Tried and worse at 192 questions:
-    a third round of 64 (18 updates: 43.2% against 24.5%); 3 rounds of 128 questions (37 updates: the
-    loop fell to 18.8%, the control to 2.6%: training this long on its own samples wears the model
-    down); 3 rounds with k = 8 and one kept answer per question (47.9% against 43.2%); 3 rounds at
-    learning rate 3e-6 (52.6% against 35.9%: 20.8 points over the base model, 16.7 over the control,
-    no better on the control side). With 96
-    questions the same settings measured 63.5% against 46.9% (one thread): one question is a point
-    there, so differences of a few points are noise.
+    52.6% after the loop against 35.9% for the control, about 250 s in all. Also tried, all at 192
+    questions: 2 rounds at 5e-6 (12 updates: 51.6% against 37.0%); 3 rounds at 5e-6 (43.2% against
+    24.5%); 3 rounds of 128 questions at 5e-6 (37 updates: the loop fell to 18.8%, the control to
+    2.6%: training this long on its own samples wears the model down); 3 rounds at 5e-6 with k = 8
+    and one kept answer per question (47.9% against 43.2%). With 96 questions, 2 rounds at 5e-6
+    measured 63.5% against 46.9% (one thread): one question is a point there, so differences of a
+    few points are noise. The settings were chosen on this held-out set, at one seed.
     """
 
     model: str = "smollm2-135m-instruct"
     system_prompt: str = "Write the calculation and the answer in one line."
     num_eval: int = 192
-    rounds: int = 2
+    rounds: int = 3
     prompts_per_round: int = 64
     samples_per_prompt: int = 4
     temperature: float = 0.7
     max_new_tokens: int = 48
     eval_max_new_tokens: int = 64
     kept_per_prompt: int = 2
-    learning_rate: float = 5e-6
+    learning_rate: float = 3e-6
     batch_size: int = 8
     sampler_batch_size: int = 32
     bf16: bool = True
