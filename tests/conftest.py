@@ -11,6 +11,7 @@ otherwise pass with those parts untested.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,22 +65,34 @@ def seq2seq_model(seq2seq_dir):
 
 
 @pytest.fixture(scope="session")
-def answering_dir(tmp_path_factory, causal_dir):
+def fine_tuned_copy(tmp_path_factory, causal_dir):
+    """A function that trains the causal toy model with `calls` identical `step(**step_inputs)` calls at
+    `learning_rate` and saves it with its tokenizer in a fresh folder named after `name`; it returns that
+    folder. For fixtures that need a model which already answers something."""
+    from itersft import IterativeSFTConfig, IterativeSFTTrainer
+
+    def build(name: str, learning_rate: float, calls: int, **step_inputs) -> Path:
+        directory = tmp_path_factory.mktemp(name)
+        tokenizer = AutoTokenizer.from_pretrained(causal_dir)
+        model = AutoModelForCausalLM.from_pretrained(causal_dir)
+        config = IterativeSFTConfig(output_dir=str(directory / "trainer"), report_to="none",
+                                    learning_rate=learning_rate, save_strategy="no")
+        trainer = IterativeSFTTrainer(model, config, tokenizer)
+        for _ in range(calls):
+            trainer.step(**step_inputs)
+        model.save_pretrained(directory / "model")
+        tokenizer.save_pretrained(directory / "model")
+        return directory / "model"
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def answering_dir(fine_tuned_copy):
     """The causal toy model after 40 updates on "q<i>:" -> "x" or "y" + EOS (i = 0..11).
 
     It samples short answers that finish with EOS, some of them right: what a loop needs to have
     something to keep. Used by the loop tests in one and in two processes.
     """
-    from itersft import IterativeSFTConfig, IterativeSFTTrainer
-
-    directory = tmp_path_factory.mktemp("answering")
-    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
-    model = AutoModelForCausalLM.from_pretrained(causal_dir)
-    config = IterativeSFTConfig(output_dir=str(directory / "trainer"), report_to="none", learning_rate=3e-2,
-                                save_strategy="no")
-    trainer = IterativeSFTTrainer(model, config, tokenizer)
-    for _ in range(40):
-        trainer.step(prompts=[f"q{i}:" for i in range(12)], completions=[("x", "y")[i % 3 == 0] for i in range(12)])
-    model.save_pretrained(directory / "model")
-    tokenizer.save_pretrained(directory / "model")
-    return directory / "model"
+    return fine_tuned_copy("answering", 3e-2, 40, prompts=[f"q{i}:" for i in range(12)],
+                           completions=[("x", "y")[i % 3 == 0] for i in range(12)])

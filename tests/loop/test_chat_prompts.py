@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.cli import run as run_command
@@ -280,22 +280,12 @@ def test_run_config_reads_a_messages_column_and_a_prompt_column(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def chat_answering_dir(tmp_path_factory, causal_dir):
+def chat_answering_dir(fine_tuned_copy):
     """The toy model after 20 updates on chat turns (system "Be brief.", user "q<i>") answered "x" (toy
     template: turns closed by EOS), so that chat-formatted samples finish, mostly right."""
-    directory = tmp_path_factory.mktemp("chat_answering")
-    tokenizer = AutoTokenizer.from_pretrained(causal_dir)
-    model = AutoModelForCausalLM.from_pretrained(causal_dir)
-    args = IterativeSFTConfig(output_dir=str(directory / "trainer"), report_to="none", learning_rate=5e-2,
-                              save_strategy="no")
-    trainer = IterativeSFTTrainer(model, args, tokenizer)
     conversations = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"q{i}"},
                       {"role": "assistant", "content": "x"}] for i in range(8)]
-    for _ in range(20):
-        trainer.step(messages=conversations)
-    model.save_pretrained(directory / "model")
-    tokenizer.save_pretrained(directory / "model")
-    return directory / "model"
+    return fine_tuned_copy("chat_answering", 5e-2, 20, messages=conversations)
 
 
 def test_itersft_run_samples_and_trains_chat_prompts(tmp_path, chat_answering_dir):
