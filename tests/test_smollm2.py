@@ -161,6 +161,7 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
     for key in ("accuracy_before_loop", "accuracy_after_loop", "accuracy_control"):
         assert 0.0 <= summary[key] <= 1.0
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "final" / "config.json").is_file()
+    assert not (tmp_path / "rounds").exists()  # the round checkpoints, useless to a demo that always runs whole
 
     held_out = {frozenset(pair) for pair in summary["held_out_pairs"]}
     accepted = [json.loads(line) for line in (tmp_path / "accepted" / "round-0000.jsonl").read_text().splitlines()]
@@ -169,3 +170,41 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
         assert system == {"role": "system", "content": summary["hyperparameters"]["system_prompt"]}
         assert frozenset(int(n) for n in re.findall(r"\d+", user["content"])) not in held_out
         assert sample["score"] == 1.0 and sample["finished"]
+
+
+def test_real_demo_with_adapters_starts_the_control_from_the_base_weights_and_fresh_adapters(smollm2, tmp_path,
+                                                                                             monkeypatch):
+    """`lora_rank` trains adapters in the loop and the control alike; the control must start from the base
+    weights (the loop's adapters removed, not merged) and from adapters initialised as the loop's were."""
+    import dataclasses
+
+    import itersft
+    from itersft.demo import real
+
+    loaded, _ = smollm2
+    starts = []
+
+    class Recording(IterativeSFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            state = self.model.state_dict()
+            starts.append({
+                "base": {k: v.clone() for k, v in state.items() if "lora_" not in k},
+                "lora": {k: v.clone() for k, v in state.items() if "lora_" in k},
+            })
+
+    monkeypatch.setattr(itersft, "IterativeSFTTrainer", Recording)
+    quick = dataclasses.replace(real.REAL_DEMO_HYPERPARAMETERS, model=str(loaded.directory), num_eval=4, rounds=1,
+                                prompts_per_round=8, samples_per_prompt=4, max_new_tokens=32,
+                                eval_max_new_tokens=16, batch_size=4, lora_rank=4, learning_rate=1e-3)
+    summary = real.run_real_demo(0, tmp_path, quick)
+
+    loop_start, control_start = starts
+    assert summary["loop_updates"] == summary["control_updates"] > 0
+    assert loop_start["lora"] and loop_start["lora"].keys() == control_start["lora"].keys()
+    for name, value in loop_start["lora"].items():
+        assert torch.equal(value, control_start["lora"][name]), name  # same initialisation
+    assert loop_start["base"].keys() == control_start["base"].keys()
+    for name, value in loop_start["base"].items():
+        assert torch.equal(value, control_start["base"][name]), name  # the loop's training left no trace
+    assert (tmp_path / "final" / "adapter_config.json").is_file()

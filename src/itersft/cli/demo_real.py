@@ -27,7 +27,8 @@ class RealDemoPrinter(RoundTable, DemoCallback):
         if phase == "load":
             line = f"loaded {info['model']}"
         elif phase == "control":
-            line = f"control: {info['updates']} updates on as many unverified samples from the same rounds"
+            updates = f"{info['updates']} update{'' if info['updates'] == 1 else 's'}"
+            line = f"control: {updates} on as many unverified samples from the same rounds"
         else:
             line = f"{_PHASES[phase]}: held-out accuracy {info['accuracy']:.1%}"
         print(f"{line} ({info['seconds']:.0f}s)", file=self.out, flush=True)
@@ -41,18 +42,53 @@ def main(args) -> int:
     # Every usable core by default: the model's matrix products dominate, and the scoring workers
     # (one thread each, see the Makefile's OMP_NUM_THREADS=1) are idle while the model runs.
     torch.set_num_threads(args.threads if args.threads is not None else len(os.sched_getaffinity(0)))
-    overrides = {**(QUICK if args.quick else {}), **({"model": args.model} if args.model is not None else {})}
-    summary = run_real_demo(args.seed, args.output_dir, dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, **overrides),
-                            callbacks=[RealDemoPrinter(sys.stdout)])
+    overrides = {**(QUICK if args.quick else {}), **({"model": args.model} if args.model is not None else {}),
+                 **parse_settings(args.settings)}
+    try:
+        hyperparameters = dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, **overrides)
+    except ValueError as error:  # checked before the model loads
+        raise SystemExit(f"itersft demo-real: {error}") from None
+    summary = run_real_demo(args.seed, args.output_dir, hyperparameters, callbacks=[RealDemoPrinter(sys.stdout)])
     print(f"\n{verdict(summary)}; run directory {args.output_dir} (metrics.jsonl, curves.png, summary.json, final/)")
     return 0
+
+
+def parse_settings(settings: list[str]) -> dict:
+    """`--set NAME=VALUE` pairs as hyperparameter overrides, each VALUE converted to its field's type.
+
+    Raises SystemExit naming the setting when NAME is not a field or VALUE does not convert, before any
+    model loads.
+    """
+    from itersft.demo.real import RealDemoHyperparameters
+
+    types = {field.name: type(field.default) for field in dataclasses.fields(RealDemoHyperparameters)}
+    overrides = {}
+    for setting in settings:
+        name, equals, value = setting.partition("=")
+        if not equals or name not in types:
+            raise SystemExit(f"itersft demo-real: --set {setting!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(types)}.")
+        kind = types[name]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                overrides[name] = value.lower() == "true"
+            else:
+                overrides[name] = kind(value)
+        except ValueError:
+            expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+            raise SystemExit(f"itersft demo-real: --set {setting!r}: {name} takes {expected}, "
+                             f"got {value!r}.") from None
+    return overrides
 
 
 def verdict(summary: dict) -> str:
     """The demo's result in two lines: the three accuracies, then the lifts and the wall time."""
     return (f"held-out greedy accuracy: base model {summary['accuracy_before_loop']:.1%} -> expert iteration "
             f"{summary['accuracy_after_loop']:.1%}; control (as many unverified samples, the same "
-            f"{summary['control_updates']} updates) {summary['accuracy_control']:.1%}\n"
+            f"{summary['control_updates']} update{'' if summary['control_updates'] == 1 else 's'}) "
+            f"{summary['accuracy_control']:.1%}\n"
             f"lift: {summary['lift_over_base_points']:+.1f} points over the base model, "
             f"{summary['lift_over_control_points']:+.1f} over the control; "
             f"wall time {summary['seconds']['total']:.0f}s")

@@ -1,0 +1,52 @@
+"""`itersft demo-real --set NAME=VALUE` and the checks on the real-model demo's settings: both refuse bad
+input by name before any model loads (these tests never load one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from itersft.cli.demo_real import parse_settings
+from itersft.demo.real import REAL_DEMO_HYPERPARAMETERS, RealDemoHyperparameters
+
+
+def test_settings_convert_to_each_fields_type():
+    assert parse_settings(["rounds=4", "learning_rate=2e-6", "bf16=False", "system_prompt=Say a=b.",
+                           "lora_rank=8"]) == {
+        "rounds": 4, "learning_rate": 2e-6, "bf16": False, "system_prompt": "Say a=b.", "lora_rank": 8}
+    assert parse_settings([]) == {}
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("rounds", "expected NAME=VALUE"),
+    ("epochs=2", "NAME one of model, system_prompt"),
+    ("rounds=two", "rounds takes an integer, got 'two'"),
+    ("bf16=1", "bf16 takes true or false, got '1'"),
+])
+def test_a_bad_setting_is_refused_by_name(setting, named):
+    with pytest.raises(SystemExit, match=named):
+        parse_settings([setting])
+
+
+def test_out_of_range_settings_are_refused_together():
+    with pytest.raises(ValueError) as error:
+        dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, rounds=0, temperature=-1.0, lora_rank=-2, model="")
+    message = str(error.value)
+    for name in ("`rounds` must be an int >= 1", "`temperature` must be a finite number >= 0",
+                 "`lora_rank` must be an int >= 0", "`model` must be a non-empty string"):
+        assert name in message
+    assert RealDemoHyperparameters(temperature=0.0).temperature == 0.0  # greedy sampling is allowed
+
+
+def test_the_command_stops_before_loading_a_model(tmp_path):
+    # `--model` names a folder that does not exist: were the settings checked after loading, the error
+    # would be about the model instead.
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "demo-real", "--set", "batch_size=0",
+                             "--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "`batch_size` must be an int >= 1, got 0" in result.stderr
+    assert not (tmp_path / "run").exists()
