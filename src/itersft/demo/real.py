@@ -67,20 +67,29 @@ class RealDemoHyperparameters:
         lora_rank: 0 trains every weight; a positive rank trains LoRA adapters of that rank on every linear
             layer instead (alpha twice the rank, no dropout), for the loop and the control alike.
 
-    Measured at seed 0 on 2 CPU cores, 192 held-out questions (base model 31.8%): these settings reach
-    52.6% after the loop against 35.9% for the control, about 250 s in all. Also tried, all at 192
-    questions: 2 rounds at 5e-6 (12 updates: 51.6% against 37.0%); 3 rounds at 5e-6 (43.2% against
-    24.5%); 3 rounds of 128 questions at 5e-6 (37 updates: the loop fell to 18.8%, the control to
-    2.6%: training this long on its own samples wears the model down); 3 rounds at 5e-6 with k = 8
-    and one kept answer per question (47.9% against 43.2%). With 96 questions, 2 rounds at 5e-6
-    measured 63.5% against 46.9% (one thread): one question is a point there, so differences of a
-    few points are noise. The settings were chosen on this held-out set, at one seed.
+    Measured on 2 CPU cores with 192 held-out questions; loop / control accuracy, then the lifts over the
+    base model / over the control in points. Seed 0 (base model 31.8%): these settings 52.1% / 30.2%
+    (+20.3 / +21.9, the only run that met both halves of the target); 3 rounds 52.6% / 35.9% (+20.8 /
+    +16.7, the previous default); 5 rounds 50.0% / 24.5% (+18.2 / +25.5); 2 rounds at 5e-6 51.6% /
+    37.0%; 3 rounds at 5e-6 43.2% / 24.5%; 3 rounds of 128 questions at 5e-6 (37 updates) 18.8% / 2.6%;
+    3 rounds at 5e-6 with k = 8, one kept answer 47.9% / 43.2%. Seed 1 (base 37.5%), each differing
+    from 3 rounds at these settings in what it names: 3 rounds 56.8% / 39.6% (+19.3 / +17.2); these
+    settings (4 rounds) 58.9% / 39.1% (+21.4 / +19.8); 5 rounds 57.3% / 31.3% (+19.8 / +26.0); lr 5e-6
+    58.3% / 36.5%; temperature 0.5 55.2% / 42.7%; batch 16 at 6e-6 58.3% / 47.9%; up to 4 kept answers
+    57.3% / 52.6%; LoRA rank 16 at 1e-4 51.0% / 40.6%; temperature 1.0 drew about half as many correct
+    samples (pass@1 0.09-0.11 against 0.18-0.23) and was stopped. Seed 2 (base 39.6%): these settings
+    55.7% / 59.4% (+16.1 / -3.7). So the loop gains 16-21 points at every seed while the control,
+    trained on its own unverified samples, lands anywhere from 24% to 59%: on this task most of the
+    loop's gain also comes from training on the model's own finished answers, and the verifier's extra
+    is not robust. Greedy answers that write the calculation ("3 x 7 = 21") are right 48-91% of the
+    time, answers that state a number directly 2-18%; both arms gain mostly by computing right more
+    often. One held-out question is half a point; the settings were chosen on seeds 0 and 1.
     """
 
     model: str = "smollm2-135m-instruct"
     system_prompt: str = "Write the calculation and the answer in one line."
     num_eval: int = 192
-    rounds: int = 3
+    rounds: int = 4
     prompts_per_round: int = 64
     samples_per_prompt: int = 4
     temperature: float = 0.7
