@@ -21,5 +21,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="A test-sized run (a handful of questions, one round): checks the plumbing, not the lift.")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
                         help="Change one setting of `itersft.demo.real.RealDemoHyperparameters` (repeatable), e.g. "
-                             "--set rounds=4 --set samples_per_prompt=8 --set learning_rate=2e-6; applied after "
+                             "--set rounds=5 --set samples_per_prompt=8 --set learning_rate=2e-6; applied after "
                              "--quick and --model. The defaults are the measured ones the README quotes.")
