@@ -27,8 +27,7 @@ class RealDemoPrinter(RoundTable, DemoCallback):
         if phase == "load":
             line = f"loaded {info['model']}"
         elif phase == "control":
-            updates = f"{info['updates']} update{'' if info['updates'] == 1 else 's'}"
-            line = f"control: {updates} on as many unverified samples from the same rounds"
+            line = f"control: {updates(info['updates'])} on as many unverified samples from the same rounds"
         else:
             line = f"{_PHASES[phase]}: held-out accuracy {info['accuracy']:.1%}"
         print(f"{line} ({info['seconds']:.0f}s)", file=self.out, flush=True)
@@ -83,12 +82,16 @@ def parse_settings(settings: list[str]) -> dict:
     return overrides
 
 
+def updates(count: int) -> str:
+    """"1 update", "24 updates": the control's update count as both printed lines say it."""
+    return f"{count} update{'' if count == 1 else 's'}"
+
+
 def verdict(summary: dict) -> str:
     """The demo's result in two lines: the three accuracies, then the lifts and the wall time."""
     return (f"held-out greedy accuracy: base model {summary['accuracy_before_loop']:.1%} -> expert iteration "
             f"{summary['accuracy_after_loop']:.1%}; control (as many unverified samples, the same "
-            f"{summary['control_updates']} update{'' if summary['control_updates'] == 1 else 's'}) "
-            f"{summary['accuracy_control']:.1%}\n"
+            f"{updates(summary['control_updates'])}) {summary['accuracy_control']:.1%}\n"
             f"lift: {summary['lift_over_base_points']:+.1f} points over the base model, "
             f"{summary['lift_over_control_points']:+.1f} over the control; "
             f"wall time {summary['seconds']['total']:.0f}s")
