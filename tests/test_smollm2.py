@@ -174,6 +174,8 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
         # The loop's verifier is the calculation check, not the number alone.
         assert checked_calculation([None], [sample["completion"]], [sample["meta"]["answer"]]) == [1.0]
     assert summary["hyperparameters"]["verifier"] == "calculation"
+    identity = json.loads((tmp_path / "run_identity.json").read_text())["identity"]
+    assert identity["scorer"] == "itersft.demo.calculation_check:checked_calculation"  # what the loop was given
 
 
 def test_real_demo_with_adapters_starts_the_control_from_the_base_weights_and_fresh_adapters(smollm2, tmp_path,

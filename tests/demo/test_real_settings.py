@@ -62,3 +62,8 @@ def test_each_verifier_setting_names_a_scorer_the_loop_resolves():
     assert resolve_scorer(VERIFIERS["calculation"]) is checked_calculation
     assert resolve_scorer(VERIFIERS["number"]) is numeric
     assert VERIFIERS[REAL_DEMO_HYPERPARAMETERS.verifier] == VERIFIERS["calculation"]  # the default
+
+
+def test_a_verifier_that_is_not_a_name_is_refused_by_name_too():
+    with pytest.raises(ValueError, match=r"`verifier` must be one of 'calculation', 'number', got \['x'\] \(list\)"):
+        dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, verifier=["x"])

@@ -19,16 +19,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from itersft.demo.word_problems import apply_operation
 from itersft.loop.scoring.scorers import extract_number, numeric
 
 # "3 x 7 = 21", "8 - 3=5", "2+6 = 8"; the minus sign may be U+2212, the times sign x, X, * or ×.
 _EQUATION = re.compile(r"(\d+)\s*([-+*xX×\u2212])\s*(\d+)\s*=\s*(\d+)")
-_OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "\u2212": lambda a, b: a - b}
+_OPERATION_OF = {"+": "addition", "-": "subtraction", "\u2212": "subtraction"}
 
 
 def holds(a: int, operator: str, b: int, result: int) -> bool:
     """Whether the equation `a operator b = result` is arithmetically true (any other operator: times)."""
-    return _OPERATIONS.get(operator, lambda x, y: x * y)(a, b) == result
+    return apply_operation(_OPERATION_OF.get(operator, "multiplication"), a, b) == result
 
 
 def checked_calculation(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any],

@@ -125,8 +125,7 @@ class RealDemoHyperparameters:
         problems.number("temperature", self.temperature, minimum=0)  # 0: greedy, the k samples identical
         problems.number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
         problems.boolean("bf16", self.bf16)
-        if self.verifier not in VERIFIERS:
-            problems.add(f"`verifier` must be one of {', '.join(map(repr, VERIFIERS))}, got {self.verifier!r}.")
+        problems.choice("verifier", self.verifier, VERIFIERS)
         for name in ("model", "system_prompt"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.add(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")

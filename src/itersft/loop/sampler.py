@@ -107,8 +107,7 @@ class SamplingConfig:
             problems.add(f"`chat_template` must be true, false or 'auto', got {self.chat_template!r}.")
         if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or not self.system_prompt):
             problems.add(f"`system_prompt` must be None or a non-empty string, got {self.system_prompt!r}.")
-        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
-            problems.add(f"`backend` must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}.")
+        problems.choice("backend", self.backend, BACKENDS)
         problems.raise_if_any()
         if self.stop_strings is not None:
             self.stop_strings = list(self.stop_strings)
