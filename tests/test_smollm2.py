@@ -23,10 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.data.chat import end_of_turn_token_id
 from itersft.demo.calculation_check import checked_calculation
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.prompts import PromptRenderer
-from itersft.loop.sampler import SamplingConfig
+from itersft.sampling.prompts import PromptRenderer
+from itersft.sampling.sampler import SamplingConfig
 from itersft.trainer.setup import load_model, load_tokenizer
 
 pytestmark = [

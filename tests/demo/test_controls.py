@@ -4,8 +4,8 @@ recorder that drops unfinished samples before the loop's own filter."""
 from __future__ import annotations
 
 from itersft.demo.controls import RandomPick, RecordFinished
-from itersft.loop.filters import BestOfK
-from itersft.loop.samples import Sample
+from itersft.filters import BestOfK
+from itersft.sampling.samples import Sample
 
 
 def _samples(finished: list[bool], scores: list[float]) -> list[Sample]:

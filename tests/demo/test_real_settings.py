@@ -57,7 +57,7 @@ def test_the_command_stops_before_loading_a_model(tmp_path):
 def test_each_verifier_setting_names_a_scorer_the_loop_resolves():
     from itersft.demo.calculation_check import checked_calculation
     from itersft.demo.real import VERIFIERS
-    from itersft.loop.scoring.scorers import numeric, resolve_scorer
+    from itersft.scoring.scorers import numeric, resolve_scorer
 
     assert resolve_scorer(VERIFIERS["calculation"]) is checked_calculation
     assert resolve_scorer(VERIFIERS["number"]) is numeric

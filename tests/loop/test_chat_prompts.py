@@ -21,11 +21,11 @@ from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.cli import run as run_command
 from itersft.cli import run_config
 from itersft.data.chat import end_of_turn_token_id
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.prompts import PromptRenderer
-from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.samples import Sample
+from itersft.sampling.prompts import PromptRenderer
+from itersft.sampling.sampler import Sampler, SamplingConfig
+from itersft.sampling.samples import Sample
 from itersft.toy import build_tokenizer
 
 CHATML_LIKE = (

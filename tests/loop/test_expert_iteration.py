@@ -23,11 +23,11 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.filters import Threshold
 from itersft.loop.callbacks import LoopCallback
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
-from itersft.loop.samples import Sample
+from itersft.sampling.sampler import SamplingConfig
+from itersft.sampling.samples import Sample
 
 PROMPTS = [f"q{i}:" for i in range(12)]
 ANSWERS = ["x" if i % 2 else "y" for i in range(12)]

@@ -16,7 +16,7 @@ import pytest
 from itersft.loop.expert_iteration import LoopConfig
 from itersft.loop.run_dir import RunDirectory
 from itersft.loop.run_identity import _source, compare
-from itersft.loop.scoring.report import ScorerFailedError
+from itersft.scoring.report import ScorerFailedError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faulty_loop import PROMPTS, build_loop, meta, round_folders, trained  # noqa: E402

@@ -61,8 +61,8 @@ import sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
+from itersft.filters import Threshold
+from itersft.sampling.sampler import SamplingConfig
 
 model_dir, output_dir, trainer_dir = sys.argv[1:]
 trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), IterativeSFTConfig(

@@ -8,9 +8,9 @@ from math import comb
 
 import pytest
 
-from itersft.loop.filters import Threshold
+from itersft.filters import Threshold
 from itersft.loop.metrics import distinct_n, pass_at_k, round_sample_metrics, score_summary
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 def test_distinct_n_words_by_hand():

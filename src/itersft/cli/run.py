@@ -21,8 +21,8 @@ def main(args) -> int:
     from itersft import IterativeSFTTrainer
     from itersft.loop.expert_iteration import ExpertIteration
     from itersft.loop.run_dir import check_output_dir
-    from itersft.loop.scoring.scorers import resolve_scorer, validate_meta
     from itersft.model_sources import load_tokenizer_from
+    from itersft.scoring.scorers import resolve_scorer, validate_meta
 
     # The installed `itersft` script starts with its own folder on sys.path, not the working directory:
     # put the working directory first, as `python -m itersft.cli.main` does, so `module:function`

@@ -6,7 +6,7 @@ error naming the section, the key and the accepted keys, never silently ignored.
 Prompts (`prompts`, `eval_prompts`, `labelled`) come from a JSONL file or a `datasets` dataset. The
 prompt column is `prompt_field`; left out, it is `prompt` when the first row has one, else `messages`.
 A cell holding a string is a text prompt, one holding a list of `{role, content}` turns is a chat
-prompt (`itersft.loop.prompts`: known roles, a user turn last). Whether text prompts get the chat
+prompt (`itersft.sampling.prompts`: known roles, a user turn last). Whether text prompts get the chat
 template, and a system prompt, are `sampling.chat_template` (true | false | auto) and
 `sampling.system_prompt`: the sampling settings say how prompts are shown to the model, and the
 loop trains in the format it sampled in. All of this is checked before any model loads.
@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
+from itersft import filters as filter_module
 from itersft.config import IterativeSFTConfig
-from itersft.loop import filters as filter_module
 from itersft.loop.expert_iteration import LoopConfig
-from itersft.loop.prompts import Prompt, check_format, check_prompts
-from itersft.loop.sampler import SamplingConfig
-from itersft.loop.samples import Sample
+from itersft.sampling.prompts import Prompt, check_format, check_prompts
+from itersft.sampling.sampler import SamplingConfig
+from itersft.sampling.samples import Sample
 
 SECTIONS = {"model", "tokenizer", "output_dir", "prompts", "eval_prompts", "labelled", "scorer", "filters",
             "sampling", "loop", "training", "peft"}
@@ -127,7 +127,7 @@ def read_labelled(spec: dict[str, Any]) -> list[Sample]:
 
 
 def check_prompt_format(sampling: SamplingConfig, tokenizer, *prompt_lists: list[Prompt] | None) -> None:
-    """Refuse, before the model loads, a prompt format the tokenizer cannot give (`itersft.loop.prompts`)."""
+    """Refuse, before the model loads, a prompt format the tokenizer cannot give (`itersft.sampling.prompts`)."""
     every_prompt = [prompt for prompts in prompt_lists if prompts for prompt in prompts]
     check_format(sampling.chat_template, sampling.system_prompt, every_prompt, tokenizer)
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from itersft.demo.word_problems import apply_operation
-from itersft.loop.scoring.scorers import extract_number, numeric
+from itersft.scoring.scorers import extract_number, numeric
 
 # "3 x 7 = 21", "8 - 3=5", "2+6 = 8"; the minus sign may be U+2212, the times sign x, X, * or ×.
 _EQUATION = re.compile(r"(\d+)\s*([-+*xX×\u2212])\s*(\d+)\s*=\s*(\d+)")
@@ -38,7 +38,7 @@ def checked_calculation(prompts: Sequence[Any], completions: Sequence[str], answ
 
     Else what `numeric` says (0.0, or None when the completion holds no number), or 0.0 when the number
     is right but no such equation is written. A scorer in the loop's sense (see
-    `itersft.loop.scoring.scorers`): meta key `answer`, one score per completion.
+    `itersft.scoring.scorers`): meta key `answer`, one score per completion.
     """
     scores = numeric(prompts, completions, answer, **meta)
     for index, (score, completion) in enumerate(zip(scores, completions, strict=True)):

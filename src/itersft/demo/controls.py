@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 class RandomPick:

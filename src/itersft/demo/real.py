@@ -46,7 +46,7 @@ from itersft.demo.controls import RandomPick, RecordFinished
 from itersft.demo.protocol import DemoCallback
 
 VERIFIERS = {"calculation": "itersft.demo.calculation_check:checked_calculation", "number": "numeric"}
-"""The loop's verifier by `RealDemoHyperparameters.verifier`, as scorer specs (`itersft.loop.scoring`)."""
+"""The loop's verifier by `RealDemoHyperparameters.verifier`, as scorer specs (`itersft.scoring`)."""
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,10 @@ def run_real_demo(seed: int, output_dir: str | Path,
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
     from itersft.data.batching import shuffled
     from itersft.demo.word_problems import make_task
+    from itersft.filters import BestOfK, Compose, Dedup, Threshold
     from itersft.loop.evaluation import evaluate_prompts
     from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-    from itersft.loop.filters import BestOfK, Compose, Dedup, Threshold
-    from itersft.loop.sampler import SamplingConfig
+    from itersft.sampling.sampler import SamplingConfig
 
     started = time.perf_counter()
     load_average_start = os.getloadavg()

@@ -8,11 +8,11 @@ from typing import Any
 
 from itersft.distributed import Ranks
 from itersft.loop.metrics import pass_rates
-from itersft.loop.prompts import Prompt
-from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.scoring.pool import ScoringOptions, scorer_name
-from itersft.loop.scoring.report import stop_if_every_sample_failed
-from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples
+from itersft.sampling.prompts import Prompt
+from itersft.sampling.sampler import Sampler, SamplingConfig
+from itersft.scoring.pool import ScoringOptions, scorer_name
+from itersft.scoring.report import stop_if_every_sample_failed
+from itersft.scoring.scorers import Scorer, resolve_scorer, score_samples
 
 # Eval draws use their own round indices so they never repeat the training rounds' samples.
 EVAL_ROUND_OFFSET = 1_000_000
@@ -29,7 +29,7 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
     `eval_samples_timed_out`: samples whose scoring ran past the timeout of `scoring` (they score 0.0).
-    Prompts are strings or chat messages, rendered as `sampling` says (`itersft.loop.prompts`).
+    Prompts are strings or chat messages, rendered as `sampling` says (`itersft.sampling.prompts`).
     With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
     `lockstep` says the model's parameters are sharded over them (see `Sampler`). `progress(done, total)`
     reports this rank's sampling progress. A scorer that fails on every held-out sample raises

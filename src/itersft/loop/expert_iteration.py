@@ -23,7 +23,7 @@ The methods it covers, by option:
   Left out: pooling samples from several models.
 
 Prompts are strings or chat messages; `SamplingConfig.chat_template` and `system_prompt` say how they
-reach the model (`itersft.loop.prompts`), and every sample is trained in the format it was drawn in.
+reach the model (`itersft.sampling.prompts`), and every sample is trained in the format it was drawn in.
 
 Completions that hit `max_new_tokens` before EOS are never trained on: they would teach the model to
 stop where it was cut off. They are counted as `samples_unfinished`.
@@ -59,14 +59,14 @@ from itersft.loop.evaluation import evaluate_prompts
 from itersft.loop.full_disk import reporting_full_disk
 from itersft.loop.loop_config import LoopConfig
 from itersft.loop.metrics import round_sample_metrics
-from itersft.loop.prompts import Prompt, PromptRenderer, check_format, check_prompts
 from itersft.loop.run_dir import RunDirectory
 from itersft.loop.run_identity import check_run_identity, describe_run, weights_fingerprint
-from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.samples import Sample
-from itersft.loop.scoring.pool import scorer_name
-from itersft.loop.scoring.report import stop_if_every_sample_failed
-from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
+from itersft.sampling.prompts import Prompt, PromptRenderer, check_format, check_prompts
+from itersft.sampling.sampler import Sampler, SamplingConfig
+from itersft.sampling.samples import Sample
+from itersft.scoring.pool import scorer_name
+from itersft.scoring.report import stop_if_every_sample_failed
+from itersft.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
 
 __all__ = ["ExpertIteration", "LoopConfig"]
 
@@ -127,7 +127,7 @@ class ExpertIteration:
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
-        A prompt is a string or chat messages (see `itersft.loop.prompts`). `meta[i]` is passed to the
+        A prompt is a string or chat messages (see `itersft.sampling.prompts`). `meta[i]` is passed to the
         scorer with prompt i (e.g. `{"answer": "42"}`). Every prompt, and the metadata the scorer needs
         (`validate_meta`), is checked before anything is sampled. Rerunning the same call after an
         interruption resumes after the last complete round, unless the run's identity changed

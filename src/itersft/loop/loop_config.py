@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from itersft.checks import Problems
 from itersft.loop.buffer import check_labelled_ratio
-from itersft.loop.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
+from itersft.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
 
 
 @dataclass

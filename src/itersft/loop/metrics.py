@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from itersft.checks import is_integer
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 def distinct_n(texts: Iterable[str], n: int, unit: Literal["word", "char"] = "word") -> float:

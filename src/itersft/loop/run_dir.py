@@ -30,7 +30,7 @@ from typing import Any
 
 from itersft.atomic import write_json_atomic, write_text_atomic
 from itersft.loop.curves import plot_curves
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 ROUND_PATTERN = re.compile(r"^round-(\d+)$")
 STAGING_PATTERN = re.compile(r"^\.staging-round-(\d+)$")

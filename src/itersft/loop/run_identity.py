@@ -206,7 +206,7 @@ def _tokenizer_hash(tokenizer) -> str:
 
 
 def _callable_name(function) -> str:
-    from itersft.loop.scoring.scorers import BUILTIN_SCORERS
+    from itersft.scoring.scorers import BUILTIN_SCORERS
 
     for name, builtin in BUILTIN_SCORERS.items():
         if function is builtin:

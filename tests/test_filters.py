@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from itersft.loop.filters import BestOfK, Compose, Dedup, DropUniformPrompts, Threshold, TopPercent
-from itersft.loop.samples import Sample
+from itersft.filters import BestOfK, Compose, Dedup, DropUniformPrompts, Threshold, TopPercent
+from itersft.sampling.samples import Sample
 
 
 def s(prompt_index, sample_index, score, completion=None, prompt="same prompt"):

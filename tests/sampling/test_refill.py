@@ -1,4 +1,4 @@
-"""Tests for `itersft.loop.refill`: what makes the backend fast (one prefill per prompt, finished rows not
+"""Tests for `itersft.sampling.refill`: what makes the backend fast (one prefill per prompt, finished rows not
 computed, a batch no larger than asked) and its cache layer. That it draws the right samples is tested
 in `test_sampler.py` (the same samples as `generate`) and `test_sampling_distribution.py`."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from itersft.loop.refill_slots import RowSlots
-from itersft.loop.sampler import Sampler, SamplingConfig
+from itersft.sampling.refill_slots import RowSlots
+from itersft.sampling.sampler import Sampler, SamplingConfig
 
 PROMPTS = ["hello", "a much longer prompt than the others", "xy", "medium prompt", "hi there"]  # 2+ tokens each
 

@@ -15,12 +15,12 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
-from itersft.loop.samples import Sample
-from itersft.loop.scoring.pool import ScoringOptions, in_scoring_worker
-from itersft.loop.scoring.scorers import score_samples
+from itersft.sampling.sampler import SamplingConfig
+from itersft.sampling.samples import Sample
+from itersft.scoring.pool import ScoringOptions, in_scoring_worker
+from itersft.scoring.scorers import score_samples
 
 HANG = 10_000  # seconds a hanging scorer sleeps: far past every timeout here
 

@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from itersft.loop.scoring.code_sandbox import SandboxLimits, describe_isolation, isolation_report, run_python
+from itersft.scoring.code_sandbox import SandboxLimits, describe_isolation, isolation_report, run_python
 
 logger = logging.getLogger(__name__)
 

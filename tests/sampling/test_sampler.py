@@ -1,4 +1,4 @@
-"""Tests for `itersft.loop.sampler`: ordering, per-sample reproducibility, EOS/stop handling, model state.
+"""Tests for `itersft.sampling.sampler`: ordering, per-sample reproducibility, EOS/stop handling, model state.
 
 Tests that do not name a backend run the default (`auto`, which is `refill` for the causal toy model and
 `generate` for the seq2seq one); tests of reproducibility and model state run each backend, and
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from itersft.distributed import Ranks
-from itersft.loop.generate_backend import _RowwiseSampler
-from itersft.loop.sampler import Sampler, SamplingConfig, sample_seed, warp_scores
+from itersft.sampling.generate_backend import _RowwiseSampler
+from itersft.sampling.sampler import Sampler, SamplingConfig, sample_seed, warp_scores
 from itersft.toy import build_causal_lm, build_tokenizer
 
 PROMPTS = ["hello", "a much longer prompt than the others", "x", "medium prompt", "hi there"]

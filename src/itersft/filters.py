@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from itersft.checks import Problems, is_integer
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 Filter = Callable[[list[Sample]], list[Sample]]
 """The filter protocol: `list[Sample] -> list[Sample]`."""

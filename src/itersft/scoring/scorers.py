@@ -37,10 +37,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from itersft.loop.samples import Sample
-from itersft.loop.scoring.code_verifier import code
-from itersft.loop.scoring.math_verifier import math_answer
-from itersft.loop.scoring.pool import (
+from itersft.sampling.samples import Sample
+from itersft.scoring.code_verifier import code
+from itersft.scoring.math_verifier import math_answer
+from itersft.scoring.pool import (
     ScorerOutputError,
     ScoringOptions,
     check_output,
@@ -49,7 +49,7 @@ from itersft.loop.scoring.pool import (
     scorer_name,
     to_score,
 )
-from itersft.loop.scoring.report import ScoringReport
+from itersft.scoring.report import ScoringReport
 
 __all__ = ["BUILTIN_SCORERS", "Scorer", "ScoringReport", "exact_match", "numeric", "numeric_answer", "regex_match",
            "resolve_scorer", "score_samples", "validate_meta", "extract_number"]

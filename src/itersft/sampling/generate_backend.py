@@ -1,7 +1,7 @@
 """The `generate` sampling backend: `model.generate`, one row per sample, each row drawn from its own stream.
 
 `model.generate` runs *greedy* decoding with one extra logits processor, `_RowwiseSampler`, last in the
-list, which draws each row's token from that row's uniform stream (`itersft.loop.draws`) and returns
+list, which draws each row's token from that row's uniform stream (`itersft.sampling.draws`) and returns
 scores that are `-inf` except at the drawn token, so greedy's argmax takes exactly that token. Left-padded
 batching, the KV cache, stopping at the stop ids, padding of finished rows and stop strings stay with
 `generate`; each sample is its own row, as with `num_return_sequences` (the prompt is prefilled k times).
@@ -18,8 +18,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from itersft.distributed import Ranks
-from itersft.loop.draws import draw_tokens, sample_uniforms
-from itersft.loop.refill import left_pad
+from itersft.sampling.draws import draw_tokens, sample_uniforms
+from itersft.sampling.refill import left_pad
 
 # Fields of the model's own `generation_config` that would reshape the distribution we sample from.
 # `generate` fills every field we leave `None` from the model's config, so these are pinned to neutral

@@ -14,7 +14,7 @@ class Sample:
     `messages` is the conversation the model answered when the prompt went through the chat template
     (system prompt included, assistant turn not), None when it went in as raw text: training then uses
     `step(messages=messages + [assistant completion])`, else `step(prompts=, completions=)`
-    (`itersft.loop.prompts`). `completion` is the answer's text (for chat, the assistant turn's content).
+    (`itersft.sampling.prompts`). `completion` is the answer's text (for chat, the assistant turn's content).
     `prompt_index` is the prompt's position in the whole prompt list given to the loop or the sampler
     (not its text), so duplicate prompts stay distinct groups and a prompt keeps its index whichever
     round or rank samples it; `sample_index` numbers the k completions of that prompt.

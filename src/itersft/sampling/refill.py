@@ -33,8 +33,8 @@ import torch
 from transformers import DynamicCache, GenerationMixin
 from transformers.cache_utils import DynamicLayer
 
-from itersft.loop.draws import SPARE_DRAWS, draw_tokens, sample_uniforms
-from itersft.loop.refill_slots import RowSlots
+from itersft.sampling.draws import SPARE_DRAWS, draw_tokens, sample_uniforms
+from itersft.sampling.refill_slots import RowSlots
 
 # Generation-config fields under which `generate` adds a processor this decoder does not apply.
 _UNSUPPORTED_GENERATION_FIELDS = ("suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id")

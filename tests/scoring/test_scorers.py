@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from itersft.loop.samples import Sample
-from itersft.loop.scoring.code_verifier import code
-from itersft.loop.scoring.math_verifier import math_answer
-from itersft.loop.scoring.pool import ScoringOptions
-from itersft.loop.scoring.report import ScorerFailedError, stop_if_every_sample_failed
-from itersft.loop.scoring.scorers import (
+from itersft.sampling.samples import Sample
+from itersft.scoring.code_verifier import code
+from itersft.scoring.math_verifier import math_answer
+from itersft.scoring.pool import ScoringOptions
+from itersft.scoring.report import ScorerFailedError, stop_if_every_sample_failed
+from itersft.scoring.scorers import (
     BUILTIN_SCORERS,
     ScoringReport,
     exact_match,
@@ -116,7 +116,7 @@ def test_regex_match_rejects_bad_pattern():
 def test_resolve_scorer_forms():
     assert resolve_scorer("numeric_answer") is numeric_answer
     assert resolve_scorer(exact_match) is exact_match
-    assert resolve_scorer("itersft.loop.scoring.scorers:exact_match") is exact_match
+    assert resolve_scorer("itersft.scoring.scorers:exact_match") is exact_match
     assert resolve_scorer("math:isclose") is math.isclose
     assert BUILTIN_SCORERS == {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
                                "math": math_answer, "code": code}
@@ -169,7 +169,7 @@ def test_one_bad_sample_is_isolated(caplog):
         return [float(len(c)) for c in completions]
 
     samples = make(["a", "boom", "ccc"])
-    with caplog.at_level(logging.WARNING, logger="itersft.loop.scoring.scorers"):
+    with caplog.at_level(logging.WARNING, logger="itersft.scoring.scorers"):
         report = score_samples(scorer, samples, options=IN_PROCESS)
     assert [s.score for s in samples] == [1.0, None, 3.0]
     assert (report.scored, report.unscorable, report.errors) == (2, 1, 1)
@@ -185,7 +185,7 @@ def test_one_bad_sample_is_isolated_in_workers(caplog):
         return [float(len(c)) for c in completions]
 
     samples = make(["a", "boom", "ccc"])
-    with caplog.at_level(logging.WARNING, logger="itersft.loop.scoring.scorers"):
+    with caplog.at_level(logging.WARNING, logger="itersft.scoring.scorers"):
         report = score_samples(scorer, samples, options=ScoringOptions(timeout=10, workers=2))
     assert [s.score for s in samples] == [1.0, None, 3.0]
     assert (report.scored, report.unscorable, report.errors, report.timed_out) == (2, 1, 1, 0)

@@ -1,20 +1,20 @@
 """Draw k completions per prompt from the model being trained, reproducibly per sample.
 
 Every random draw for sample `j` of prompt `i` in round `r` comes from its own uniform stream, seeded
-from a stable hash of `(seed, r, i, j)` (`itersft.loop.draws`). Which prompts share a batch, the batch
+from a stable hash of `(seed, r, i, j)` (`itersft.sampling.draws`). Which prompts share a batch, the batch
 size, the prompt order, and later which rank samples a prompt therefore do not change what is drawn.
 
-Prompts are strings or chat messages; `itersft.loop.prompts` decides which get the chat template
+Prompts are strings or chat messages; `itersft.sampling.prompts` decides which get the chat template
 (`SamplingConfig.chat_template`), renders them with the generation prompt, and adds the template's
 end-of-turn token to the ids that stop generation; the completion is then the assistant turn's content.
 Both backends below sample from those same prompt ids and stop at those same ids.
 
 Two backends draw these same samples (`SamplingConfig.backend`):
 
-* `refill` (`itersft.loop.refill`): one prefill per prompt shared by its k samples, finished rows
+* `refill` (`itersft.sampling.refill`): one prefill per prompt shared by its k samples, finished rows
   dropped at once and waiting prompts admitted into their slots. Decoder-only models with a plain
   full-attention KV cache, not in lockstep.
-* `generate` (`itersft.loop.generate_backend`): `model.generate` with one row per sample, as
+* `generate` (`itersft.sampling.generate_backend`): `model.generate` with one row per sample, as
   `num_return_sequences` does. Every model `generate` supports, also sharded weights in lockstep
   (`synced_gpus`) and encoder-decoders.
 
@@ -39,11 +39,11 @@ from transformers import StopStringCriteria
 
 from itersft.checks import Problems, is_integer
 from itersft.distributed import Ranks
-from itersft.loop.draws import sample_seed, warp_scores
-from itersft.loop.generate_backend import GenerateDecoder
-from itersft.loop.prompts import Prompt, PromptRenderer, add_prompt_problems, is_chat_template_choice
-from itersft.loop.refill import RefillDecoder, refill_unsupported_reason
-from itersft.loop.samples import Sample
+from itersft.sampling.draws import sample_seed, warp_scores
+from itersft.sampling.generate_backend import GenerateDecoder
+from itersft.sampling.prompts import Prompt, PromptRenderer, add_prompt_problems, is_chat_template_choice
+from itersft.sampling.refill import RefillDecoder, refill_unsupported_reason
+from itersft.sampling.samples import Sample
 
 __all__ = ["BACKENDS", "Sampler", "SamplingConfig", "sample_seed", "warp_scores"]
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class SamplingConfig:
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
         chat_template: whether plain string prompts go through the tokenizer's chat template as the user
             turn: True, False, or "auto" (the default: when the tokenizer has a template whose end-of-turn
-            token the model stops at; see `itersft.loop.prompts`). Chat-message prompts always do. The
+            token the model stops at; see `itersft.sampling.prompts`). Chat-message prompts always do. The
             loop trains in the format it sampled in.
         system_prompt: a system turn put first in every chat prompt that has none; needs the template.
         backend: `"auto"` (default): `"refill"` where it applies, else `"generate"`. `"refill"`: one
@@ -118,7 +118,7 @@ class Sampler:
 
     The caller's tokenizer is only read (padding is done here, on the left); a tokenizer without a pad
     token pads with EOS. How prompts are rendered, and which ids end a completion, is `self.renderer`'s
-    (`itersft.loop.prompts.PromptRenderer`, built from the config's `chat_template` and `system_prompt`).
+    (`itersft.sampling.prompts.PromptRenderer`, built from the config's `chat_template` and `system_prompt`).
     The model is put in eval mode for sampling and every module's previous mode is restored afterwards,
     also when generation raises. `backend` is the one `config.backend` resolved to for this model
     (`"refill"` or `"generate"`).

@@ -7,7 +7,7 @@ raised by 2 (a forward hook), so that after temperature 0.7, top-k 8 and top-p 0
 likely tokens, EOS among them. Three prompts of different lengths are sampled 3000 times each, two
 tokens per sample, with two prompts per batch (left padding, one shared prefill per prompt).
 
-The reference is computed here, independently of `itersft.loop.draws`: one plain forward pass without
+The reference is computed here, independently of `itersft.sampling.draws`: one plain forward pass without
 a cache on the prompt (first token) and on the prompt plus the first token (second token, conditioned
 on the first), then softmax at the temperature, top-k, and top-p on what top-k left, written out token
 by token. The second token passes through the KV cache expanded from the prompt's single prefill.
@@ -30,7 +30,7 @@ from collections import Counter
 import pytest
 import torch
 
-from itersft.loop.sampler import Sampler, SamplingConfig
+from itersft.sampling.sampler import Sampler, SamplingConfig
 from itersft.toy import build_causal_lm, build_tokenizer
 
 PROMPTS = ["hello", "a much longer prompt", "x"]

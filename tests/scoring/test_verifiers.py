@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from itersft.loop.samples import Sample
-from itersft.loop.scoring import code_sandbox
-from itersft.loop.scoring.code_sandbox import SandboxError, SandboxLimits, isolation_report, run_python
-from itersft.loop.scoring.code_verifier import CodeTests, code, extract_code
-from itersft.loop.scoring.math_verifier import equivalent, math_answer
-from itersft.loop.scoring.pool import ScoringOptions
-from itersft.loop.scoring.scorers import score_samples, validate_meta
+from itersft.sampling.samples import Sample
+from itersft.scoring import code_sandbox
+from itersft.scoring.code_sandbox import SandboxError, SandboxLimits, isolation_report, run_python
+from itersft.scoring.code_verifier import CodeTests, code, extract_code
+from itersft.scoring.math_verifier import equivalent, math_answer
+from itersft.scoring.pool import ScoringOptions
+from itersft.scoring.scorers import score_samples, validate_meta
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the code sandbox is Linux-only")
 
@@ -272,9 +272,9 @@ def test_the_loop_refuses_unparseable_tests_before_sampling(tmp_path, answering_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
+    from itersft.filters import Threshold
     from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-    from itersft.loop.filters import Threshold
-    from itersft.loop.sampler import SamplingConfig
+    from itersft.sampling.sampler import SamplingConfig
 
     trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(answering_dir), IterativeSFTConfig(
         output_dir=str(tmp_path / "trainer"), report_to="none", save_strategy="no"),

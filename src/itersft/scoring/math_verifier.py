@@ -32,7 +32,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from itersft.loop.scoring.pool import in_scoring_worker
+from itersft.scoring.pool import in_scoring_worker
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _parse_reference(reference: Any, timeout: int | None) -> tuple[list, str]:
 
 def equivalent(completion: str, reference: Any) -> float | None:
     """1.0 if `completion`'s final answer equals `reference`, 0.0 if not, None if it has no answer."""
-    from itersft.loop.scoring.scorers import extract_number  # here, not at the top: scorers imports this module
+    from itersft.scoring.scorers import extract_number  # here, not at the top: scorers imports this module
 
     timeout = _timeout_seconds()
     gold, gold_text = _parse_reference(reference, timeout)
