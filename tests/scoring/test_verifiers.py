@@ -8,6 +8,7 @@ sandbox recorded, never assumed.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -124,8 +125,9 @@ def test_code_check_meta_names_rows_whose_tests_do_not_parse():
         validate_meta("code", rows, len(rows), "eval_meta")
     message = str(info.value)
     assert "`eval_meta` does not suit scorer code (4 problem(s))" in message
-    assert "row 1: `tests` do not parse as Python (line 1: invalid syntax)" in message
-    assert "row 2: no `tests`" in message and "row 3: `tests` must be Python source" in message
+    assert "row 1: `tests` does not parse as Python (line 1: invalid syntax)" in message
+    assert "row 2: no tests: give the keys of exactly one format" in message
+    assert "row 3: `tests` must be Python source" in message
     assert "row 4: `tests` is empty" in message and "row 0" not in message
 
 
@@ -186,18 +188,32 @@ def _spawn_true() -> int:
     return pid
 
 
-def test_writing_outside_the_work_directory_fails():
-    if isolation_report().get("read_only_filesystem") is not True:
-        pytest.skip(f"no read-only mount here: {isolation_report().get('read_only_filesystem')}")
+def test_the_program_sees_only_the_libraries_python_and_its_work_directory():
+    """A private root: no file of the machine outside the system libraries and the Python installation,
+    so neither a world-readable secret in /tmp nor a world-writable directory is there to read or write."""
+    if isolation_report().get("private_filesystem") is not True:
+        pytest.skip(f"no private filesystem here: {isolation_report().get('private_filesystem')}")
     outside = Path(tempfile.mkdtemp(prefix="itersft-outside-", dir="/tmp"))
     try:
-        outside.chmod(0o777)  # writable by anyone: only the read-only mount can stop the write
+        outside.chmod(0o777)  # writable and readable by anyone: only its absence can stop the program
+        (outside / "secret.txt").write_text("planted")
+        (outside / "secret.txt").chmod(0o644)
         target = outside / "escaped.txt"
-        program = f"open({str(target)!r}, 'w').write('x')\nopen('inside.txt', 'w').write('fine')\n"
-        result = run_python([("s.py", program)])
-        assert result.status == "failed" and "Read-only file system" in result.output
-        assert not target.exists()
-        assert score(program + TESTS) == 0.0 and not target.exists()
+        listing = ("import json, os, sys\nprint(json.dumps([os.listdir('/'), sorted(os.listdir('/dev')), os.getcwd(), "
+                   "any('site-packages' in p for p in sys.path)]))\n")
+        result = run_python([("s.py", listing)])
+        assert result.passed, result.output
+        shown = json.loads(result.output)
+        exposed = code_sandbox._exposed_paths(os.path.realpath(sys.executable))
+        assert sorted(shown[0]) == sorted({Path(p).parts[1] for p in exposed} | {"dev", "proc", "tmp"})
+        assert shown[1] == ["null", "random", "urandom", "zero"] and shown[2] == "/tmp" and shown[3] is False
+        for program in (f"open({str(target)!r}, 'w').write('x')\n",
+                        f"print(open({str(outside / 'secret.txt')!r}).read())\n",
+                        "open('/usr/lib/itersft-escaped', 'w').write('x')\n"):
+            result = run_python([("s.py", program)])
+            assert result.status == "failed" and "planted" not in result.output
+            assert ("No such file or directory" in result.output or "Read-only file system" in result.output)
+        assert not target.exists() and not Path("/usr/lib/itersft-escaped").exists()
         assert run_python([("s.py", "open('inside.txt', 'w').write('fine')\n")]).passed  # its own dir is writable
     finally:
         for path in outside.iterdir():
@@ -283,7 +299,7 @@ def test_the_loop_refuses_unparseable_tests_before_sampling(tmp_path, answering_
                            LoopConfig(output_dir=str(tmp_path / "run"), rounds=1))
     with pytest.raises(ValueError, match=r"`meta` does not suit scorer code \(1 problem\(s\)\):\n- row 1: `tests` do"):
         loop.run(["q0:", "q1:"], [{"tests": TESTS}, {"tests": "assert add(1,"}])
-    with pytest.raises(ValueError, match=r"`eval_meta` does not suit scorer code.*\n- row 0: no `tests`"):
+    with pytest.raises(ValueError, match=r"`eval_meta` does not suit scorer code.*\n- row 0: no tests"):
         loop.run(["q0:"], [{"tests": TESTS}], eval_prompts=["q9:"], eval_meta=[{}])
     assert trainer.state.global_step == 0 and list((tmp_path / "run" / "accepted").iterdir()) == []
 
