@@ -16,9 +16,10 @@ Three row formats, chosen per sample by the meta keys present:
   completion's code defines `entry_point` at top level it runs after the prompt, else the prompt
   and the completion are run as one text. The checker runs the prompt too, so helpers the tests use
   (`poly`, `encode_cyclic`) are the prompt's, never the completion's.
-* **MBPP** (`test_list`: assert statements, optional `test_setup_code`, as in MBPP): the setup code
-  runs first in the program and in the checker; the tests call the functions they name.
-  `challenge_test_list` is not used.
+* **MBPP** (`test_list`: assert statements, optional `test_setup_code`, as in MBPP, or the sanitized
+  set's `test_imports`, a list of import statements): the setup code (imports first) runs first in
+  the program and in the checker; the tests call the functions they name. `challenge_test_list` is
+  not used.
 * **`tests`**: Python source, typically `assert` statements, or a list of such statements (MBPP
   without setup code).
 
@@ -59,7 +60,7 @@ from itersft.scoring.code_sandbox import (
 logger = logging.getLogger(__name__)
 
 _FENCE = re.compile(r"```[ \t]*(\S*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-FORMATS = {"humaneval": ("prompt", "entry_point", "test"), "mbpp": ("test_list", "test_setup_code"),
+FORMATS = {"humaneval": ("prompt", "entry_point", "test"), "mbpp": ("test_list", "test_setup_code", "test_imports"),
            "tests": ("tests",)}
 """Each row format and its meta keys (the first key of MBPP and `tests`, any of HumanEval's, selects it)."""
 _SETUP_PROBE = """import json
@@ -120,9 +121,19 @@ def program_and_tests(completion: str, row: Mapping[str, Any]) -> tuple[list[tup
         program = prompt + "\n" + code if _defines(code, entry_point) else prompt + code
         return [("solution", program)], Tests(row["test"] + f"\ncheck({entry_point})\n", prompt, entry_point)
     if kind == "mbpp":
-        return [("solution", code)], Tests(tests_source(row["test_list"], "test_list"),
-                                           row.get("test_setup_code") or "")
+        return [("solution", code)], Tests(tests_source(row["test_list"], "test_list"), _mbpp_setup(row))
     return [("solution", code)], Tests(tests_source(row["tests"]))
+
+
+def _mbpp_setup(row: Mapping[str, Any]) -> str:
+    """An MBPP row's setup code: its `test_imports` (a list of statements), then its `test_setup_code`."""
+    imports = row.get("test_imports") or []
+    if not isinstance(imports, list | tuple) or not all(isinstance(line, str) for line in imports):
+        raise TypeError(f"`test_imports` must be a list of import statements, got {imports!r}")
+    setup = row.get("test_setup_code") or ""
+    if not isinstance(setup, str):
+        raise TypeError(f"`test_setup_code` must be a string, got {type(setup).__name__}")
+    return "".join(f"{line}\n" for line in imports) + setup
 
 
 class CodeTests:
@@ -187,7 +198,7 @@ def _check_row(row: Mapping[str, Any]) -> list[str]:
     source = _parse(tests_source(row[key], key), f"`{key}`")
     if not source.strip():
         raise ValueError(f"`{key}` is empty: nothing would be checked")
-    return [_parse(row.get("test_setup_code") or "", "`test_setup_code`")]
+    return [_parse(_mbpp_setup(row), "the setup code (`test_imports`, `test_setup_code`)")] if kind == "mbpp" else []
 
 
 def _failing_setups(setups: list[tuple[int, str]], limits: SandboxLimits) -> list[str]:
