@@ -9,8 +9,10 @@ filter.
 Built-ins (`BUILTIN_SCORERS`, selectable by name from a config file): `exact_match` and `numeric`
 (also called `numeric_answer`) are the answer checks of STaR (Zelikman et al. 2022) and RFT on GSM8K
 (Yuan et al. 2023); `math` checks answer equivalence with math-verify (LaTeX, fractions, `\\boxed`;
-see `math_verifier`); `code` runs the completion against the sample's unit tests in a sandbox (see
-`code_verifier`, `code_sandbox`); `regex_match` builds format checks. Reward models and LLM judges are
+see `math_verifier`); `numeric` and `math` read the final answer by one rule, under which a hedge
+("4 or 5") is never right and a self-correction counts its last answer (`final_answer`); `code`
+runs the completion against the sample's unit tests in a sandbox (see `code_verifier`,
+`code_sandbox`); `regex_match` builds format checks. Reward models and LLM judges are
 user callables, passed directly or as a "package.module:function" string.
 
 `score_samples` is the only place that calls a scorer. By default it scores each sample alone in a
@@ -39,6 +41,7 @@ from typing import Any
 
 from itersft.sampling.samples import Sample
 from itersft.scoring.code_verifier import code
+from itersft.scoring.final_answer import final_answer
 from itersft.scoring.math_verifier import math_answer
 from itersft.scoring.pool import (
     ScorerOutputError,
@@ -76,28 +79,16 @@ def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
     return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
-# A number: optional minus (only when not glued to a preceding word or number, so "5-3" is 5 and 3),
-# digits with optional thousands separators ("1,234,567"), optional decimals; or a bare ".5".
-_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<!\d)\.\d+)")
-_GSM8K_MARKER = "####"
-
-
 def extract_number(text: str) -> float | None:
-    """The final numeric answer in `text`, or None when there is none.
+    """The number of `text`'s final answer (`final_answer`), or None when it has none.
 
-    If the text has a GSM8K-style `#### 42` marker followed by a number, that number wins (a model may
-    keep talking after its answer); otherwise the last number in the text. Handles negatives,
-    decimals and thousands separators ("1,234.5"); not fractions, percentages or scientific notation.
+    The final answer is the last `\\boxed{...}` (its last number), else the first number after a
+    GSM8K-style `#### 42` marker (a model may keep talking after its answer), else the last number
+    in the text. Handles negatives, decimals and thousands separators ("1,234.5"); not fractions,
+    percentages or scientific notation. Whether that answer hedges is `final_answer`'s other half.
     """
-    marker = text.rfind(_GSM8K_MARKER)
-    if marker != -1:
-        match = _NUMBER.search(text, marker + len(_GSM8K_MARKER))
-        if match is not None:
-            return float(match.group().replace(",", ""))
-    matches = _NUMBER.findall(text)
-    if not matches:
-        return None
-    return float(matches[-1].replace(",", ""))
+    answer = final_answer(text)
+    return answer.number if answer is not None else None
 
 
 def _reference_number(answer: Any) -> float:
@@ -113,21 +104,27 @@ def _reference_number(answer: Any) -> float:
 
 
 def numeric(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float | None]:
-    """1.0 where the completion's final number equals `answer` (relative tolerance 1e-6), else 0.0.
+    """1.0 where the completion's final answer is one number equal to `answer` (relative tolerance
+    1e-6), else 0.0.
 
-    The final number is found by `extract_number`; a completion without one is unscorable (None), so
-    it is counted apart from wrong answers. A reference of 0 must be matched exactly. A reference that
-    holds no number raises ValueError (bad data, reported per sample by `score_samples`).
+    The final answer and its number are found by `final_answer` (read its rule): the last box, else
+    the `####` marker, else the last number; a self-correction counts the answer it ends on, and a
+    hedge ("4 or 5", `\\boxed{4, 5}`, "10-12") scores 0.0 whichever value is right. A completion
+    without a number is unscorable (None), so it is counted apart from wrong answers. A reference of 0
+    must be matched exactly. A reference that holds no number raises ValueError (bad data, reported
+    per sample by `score_samples`).
     """
     answer = _aligned("answer", answer, len(completions))
     scores: list[float | None] = []
     for completion, reference in zip(completions, answer, strict=True):
         expected = _reference_number(reference)
-        got = extract_number(completion)
-        if got is None:
+        final = final_answer(completion)
+        if final is None or final.number is None:
             scores.append(None)
+        elif final.hedged:
+            scores.append(0.0)
         else:
-            scores.append(1.0 if math.isclose(got, expected, rel_tol=1e-6, abs_tol=0.0) else 0.0)
+            scores.append(1.0 if math.isclose(final.number, expected, rel_tol=1e-6, abs_tol=0.0) else 0.0)
     return scores
 
 
