@@ -10,11 +10,12 @@ ScoringOptions(workers=W))`, as the loop scores a round. Two forms of the same p
   canonical body alone: only versions that know the format (the baseline's rate is left out when it
   does not pass them).
 
-Each system runs in a fresh process (the baseline imports `git archive` of the baseline commit),
+Each system runs in a fresh process importing `git archive` of its commit (`--now` defaults to the
+working tree, as it is when each round starts),
 rounds interleave the systems after one warm-up round, and the table gives the median rate and its
 ratio to the baseline. Every run must pass every program, or the benchmark stops.
 
-    .venv/bin/python benchmarks/bench_code_scoring.py --baseline 89a4c7d [--rounds 3] [--workers 2] [--problems 164]
+    .venv/bin/python benchmarks/bench_code_scoring.py --baseline 89a4c7d [--now HEAD] [--rounds 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -93,13 +94,15 @@ def run(source: Path, rows_path: Path, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="the commit to compare against, e.g. 89a4c7d")
+    parser.add_argument("--now", help="the commit to measure (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--problems", type=int, default=164)
     args = parser.parse_args()
     started = {"commit": commit(), "load": load()}
     with tempfile.TemporaryDirectory(prefix="itersft-bench-code-") as scratch:
-        sources = {"baseline": export(args.baseline, Path(scratch) / "baseline"), "now": SOURCE}
+        sources = {"baseline": export(args.baseline, Path(scratch) / "baseline"),
+                   "now": export(args.now, Path(scratch) / "now") if args.now else SOURCE}
         paths = {}
         for name, rows in workloads(humaneval(args.problems)).items():
             paths[name] = Path(scratch) / f"{name}.json"
@@ -117,7 +120,7 @@ def main() -> None:
                         rates.setdefault((form, system), []).append(result["total"] / result["seconds"])
     print(f"code scoring, {args.problems} HumanEval canonical solutions, {args.workers} workers, median of "
           f"{args.rounds} interleaved rounds")
-    print(f"baseline {args.baseline}, now {started['commit']}; {cpu_model()}; at start {started['load']}, "
+    print(f"baseline {args.baseline}, now {args.now or started['commit']}; {cpu_model()}; at start {started['load']}, "
           f"at end {load()}")
     print(f"{'form':<10} {'system':<9} {'programs/s':>10} {'vs baseline':>12}")
     for form in paths:

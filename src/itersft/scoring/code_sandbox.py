@@ -1,54 +1,62 @@
-"""Run untrusted Python (a model's program and its unit tests) in a sandbox, and say what it isolates.
+"""Run untrusted Python (a model's program) in a sandbox, judged by tests it cannot reach.
 
-`run_python(files, limits)` writes the files into a fresh temporary directory, runs them in order in
-one namespace in a child process tree (see `sandbox_child`), and reports "passed" only when every
-file ran to its end without an exception inside the limits. The temporary directory is removed
-afterwards. Linux only (it relies on Linux namespaces, prctl and /proc); elsewhere it raises.
+`run_python(files, limits, tests=Tests(...))` runs the files in order in one namespace in a child
+process tree (`sandbox_child` sets it up), and the tests in a second process of that tree, the
+checker, which calls the program's functions across a pipe and compares plain-data copies of their
+results (`sandbox_harness`). "passed" is the checker's verdict, written to a pipe only the checker
+holds: every test ran without an exception. The program and the tests reach the sandbox as
+anonymous in-memory files; the temporary directory it uses is removed afterwards. Linux only (it
+relies on Linux namespaces, prctl and /proc); elsewhere it raises.
 
 What is contained, always:
+* **The verdict**: the checker is a separate process under another uid (root), or the same uid
+  made non-dumpable (no ptrace, no /proc/<pid>/mem or fd) with no capabilities on either side (a
+  user). The program cannot read the tests or their expected values, patch the checker's builtins,
+  modules or `exec`, forge its verdict, or fool its `==` with an object of its own; what it can do
+  to the checker is make it fail (kill it, where the uids are the same; hang; send garbage). Exit
+  tricks (`sys.exit(0)`, `os._exit(0)`, exit hooks) only end the program, which then fails.
 * **Time**: a wall-clock limit (`wall_seconds`): past it the sandbox's whole process group is
   SIGKILLed; and RLIMIT_CPU (`cpu_seconds`) per process.
 * **Memory**: RLIMIT_AS (`memory_mb`) per process: an allocation past it fails (MemoryError). The
   limit is per process, so up to `max_processes` processes may each use that much.
 * **Files**: RLIMIT_FSIZE (`disk_mb`): no file written (stdout included) grows past it; core dumps off.
 * **Privilege**: PR_SET_NO_NEW_PRIVS (setuid programs such as sudo grant nothing).
-* **Exit tricks**: `sys.exit(0)` or `os._exit(0)` before the tests finish does not pass (a token only
-  the harness knows must follow the tests on stdout).
+* **Environment**: the program starts with a fixed environment (PATH, locale, one thread for BLAS
+  libraries), none of the caller's variables.
 
 What is contained where the OS allows (each recorded in `SandboxResult.isolation`, summarised by
-`describe_isolation`). Measured on the development VM (Linux 6.18, no seccomp): everything below, as
-root and as `nobody`; the no-namespace fallbacks were exercised by switching namespaces off.
+`describe_isolation`). Measured on the development VM (Linux 6.18, no seccomp): everything below as
+root; as `nobody` everything but the private /proc, which a user namespace may not mount there
+(/proc is then empty). The no-namespace fallbacks were exercised by switching namespaces off.
 Expected elsewhere, not measured: Docker's default seccomp profile refuses the namespaces (root
-then gets the private uid and rlimits only); Ubuntu 24.04's AppArmor lets an unprivileged user create
+then gets the private uids and rlimits only); Ubuntu 24.04's AppArmor lets an unprivileged user create
 a user namespace but not the network, mount or PID namespaces inside it.
-* **Identity**: as root, the program runs as a private, random uid (2,100,000,000 and up) with no
-  groups: it cannot signal or ptrace your processes, or write or read your private files. As another
-  user it runs as root of a new user namespace mapped to your uid: it has no privilege outside the
-  namespace but keeps your file permissions, so it can *read* what you can (e.g. `~/.ssh`; with the
-  network namespace it cannot send it anywhere). Without a user namespace it simply runs as you.
-  As root without a mount namespace, the private uid must be able to execute the interpreter and
-  enter the temporary directory; where it cannot (a Python under `/root`), `run_python` raises
-  SandboxError saying so rather than run anything as root.
+* **Identity**: as root, the program and the checker run as two private, random uids (2,100,000,000
+  and up) with no groups: the program cannot signal or ptrace your processes or the checker. As
+  another user, both run as root of a new user namespace mapped to your uid, locked out of every
+  capability. Without a user namespace they simply run as you. As root without a mount namespace,
+  the private uids must be able to read the interpreter's installation and enter the temporary
+  directory; where they cannot (a Python under `/root`), `run_python` raises SandboxError saying so
+  rather than run anything as root.
 * **Processes** (fork bombs): RLIMIT_NPROC = `max_processes`, counted for the private uid or inside
   the user namespace. Root ignores RLIMIT_NPROC, hence the private uid. As a non-root user without a
   user namespace the cap is relative to your current process count, read from /proc just before.
 * **Network**: a new network namespace whose only interface (loopback) is down: every connection,
   to the internet or to localhost, fails. Without one (no privilege, or seccomp), the network is open.
-* **Filesystem**: a new mount namespace in which every mount is read-only (`mount_setattr`,
-  recursive; Linux >= 5.12) and the work directory is a fresh tmpfs of `disk_mb` (so the disk cannot
-  be filled). When root must drop to the private uid but the Python interpreter lives under a
-  directory other users cannot enter (e.g. `/root/.pyenv`), that directory is covered by an empty
-  tmpfs holding only the Python installation, bound read-only. Without a mount namespace, the program
-  can write wherever its uid may (world-writable `/tmp` and `/dev/shm` included).
-* **Cleanup**: a new PID namespace, whose init kills every process left when the program ends, and a
-  private /proc showing only the sandbox. Without it, leftovers are killed by process group and, for a
-  private uid, by a `kill(-1)` run as that uid.
+* **Files you have**: a new mount namespace whose root is private (`sandbox_child`): the system
+  libraries and the Python installation, read-only, four devices, and a fresh tmpfs of `disk_mb` as
+  the work directory (/tmp, also HOME); your home, your project, /etc and the real /tmp do not exist
+  there, world-readable or not. The interpreter runs with `-I -S`: the standard library only, no
+  site-packages. Without a mount namespace the program sees the whole filesystem, reads what its uid
+  may, and writes wherever its uid may (world-writable `/tmp` and `/dev/shm` included).
+* **Cleanup**: a new PID namespace, whose init kills every process left when the checker ends, and a
+  private /proc showing only the sandbox's processes of the reader's own uid. Without it, leftovers
+  are killed by process group and, for the private uids, by a `kill(-1)` run as each uid.
 
 What is NOT contained: CPU and memory *bandwidth* (a program can slow the machine for
-`wall_seconds`); kernel exploits; reading world-readable files (the filesystem is read-only, not
-hidden, except for the covered directories); side channels; and a program written to defeat the
-harness itself (it runs in the same interpreter as the tests). No cgroups are used. For code from
-adversarial sources, use a VM or gVisor-class sandbox.
+`wall_seconds`); kernel exploits; side channels; what the tests hand the program (a test that
+passes an expected value to one of the program's functions has shown it). No cgroups are used.
+For code from adversarial sources, use a VM or gVisor-class sandbox as well.
 """
 
 from __future__ import annotations

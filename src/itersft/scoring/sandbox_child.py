@@ -12,7 +12,8 @@ of its own. Standard library only: it runs by path, not as part of itersft. Thre
   empty /proc and, as /tmp, a fresh tmpfs of `disk_mb` that is the work directory. Nothing else of
   the machine (home directories, /etc, your project, /tmp) exists there.
 * **init** (PID 1 of the new PID namespace): mounts a `/proc` that shows only the sandbox, and of it
-  only the processes of the reader's own uid (`hidepid=2`); writes the isolation report (JSON) to
+  only the processes of the reader's own uid (`hidepid=2`); where that is refused (a user namespace
+  may not mount /proc once the old root is gone), /proc stays an empty directory; writes the isolation report (JSON) to
   the pipe `config["report_fd"]`, starts the runner and reaps orphans; when it exits the kernel kills
   every process left in the namespace.
 * **runner**: sets `PR_SET_NO_NEW_PRIVS` and the resource limits; when it is root of a user
@@ -194,8 +195,9 @@ def _init(config: dict, report: dict) -> None:
     try:
         _die_with_parent()
         if report.get("pid_namespace") is True and report.get("private_filesystem") is True:
-            _attempt(report, "private_proc", lambda: _mount(
-                "proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2"))
+            if not _attempt(report, "private_proc", lambda: _mount(
+                    "proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")):
+                report["private_proc"] += " (the program sees an empty /proc)"  # e.g. in a user namespace
         if config["uids"] is not None:
             report["process_cap"] = "RLIMIT_NPROC for the private uids"
         elif report.get("user_namespace") is True:
