@@ -200,7 +200,7 @@ def _run_in(directory: Path, files: Sequence[tuple[str, str]], tests: Tests | No
     verdict_read, descriptors["verdict_fd"] = os.pipe()
     config = {
         **descriptors, "workdir": str(workdir), "root": str(root), "expose": _exposed_paths(python), "uids": uids,
-        "python": python, "harness": _harness_source(), "cpu_seconds": limits.cpu_seconds,
+        "harness": _harness_source(), "cpu_seconds": limits.cpu_seconds,
         "memory_bytes": limits.memory_mb << 20, "disk_bytes": limits.disk_mb << 20,
         "max_processes": limits.max_processes, "namespaces": _USE_NAMESPACES,
         "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
@@ -211,7 +211,7 @@ def _run_in(directory: Path, files: Sequence[tuple[str, str]], tests: Tests | No
     passed_on = [fd for fd in descriptors.values() if fd is not None]
     try:
         with open(output_path, "ab") as output:  # append mode: a program that seeks cannot overwrite earlier output
-            process = subprocess.Popen([sys.executable, "-I", "-S", str(_CHILD), str(directory / "config.json")],
+            process = subprocess.Popen([python, "-I", "-S", str(_CHILD), str(directory / "config.json")],
                                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                        cwd=directory, env=config["env"], start_new_session=True, pass_fds=passed_on)
     finally:

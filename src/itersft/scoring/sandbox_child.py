@@ -1,7 +1,8 @@
 """The inside of the code sandbox (Linux): isolate this process tree, then hand over to the harness.
 
 `code_sandbox.run_python` starts this file as `python -I -S sandbox_child.py CONFIG.json` in a session
-of its own. Standard library only: it runs by path, not as part of itersft. Three processes:
+of its own, with the interpreter that is to run the program. Standard library only: it runs by path,
+not as part of itersft. Three processes:
 
 * **setup** (this script's first process): enters new namespaces, each tried on its own and recorded:
   a user namespace first when not root (mapping the caller's uid to root inside, which grants the
@@ -17,10 +18,12 @@ of its own. Standard library only: it runs by path, not as part of itersft. Thre
   the pipe `config["report_fd"]`, starts the runner and reaps orphans; when it exits the kernel kills
   every process left in the namespace.
 * **runner**: sets `PR_SET_NO_NEW_PRIVS` and the resource limits; when it is root of a user
-  namespace (not root outside), locks itself out of every capability for good (securebits, bounding
-  set), so neither of the harness's two processes has any; then execs `python -I -S -c HARNESS` (see
-  `sandbox_harness`), which splits into the program and the checker, each dropping to a private uid
-  of its own when root.
+  namespace (not root outside), gives up every capability for good (securebits, bounding set, then
+  the sets themselves), so neither of the harness's two processes has any; then runs the harness
+  (`sandbox_harness`, its source in the config) in this same interpreter, with no exec: an
+  interpreter start is most of what a sandboxed run costs. The harness splits into the program and
+  the checker, each dropping to a private uid of its own when root; nothing secret is in this
+  process's memory (the tests arrive as a descriptor only the checker reads).
 
 Every process asks to be SIGKILLed when its parent dies, so killing the setup process (as the
 scoring worker does on timeout) takes the sandbox down. The descriptors the harness needs (program,
@@ -32,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import resource
 import signal
 import sys
@@ -44,6 +46,7 @@ SECUREBITS_LOCKED_NO_ROOT = 0xEF  # NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAIS
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = 442, -100, 0x8000, 0x1, 0x2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 MNT_DETACH = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 DEVICES = ("null", "zero", "random", "urandom")
 PRIVATE_WORKDIR = "/tmp"
 
@@ -122,9 +125,9 @@ def _enter_private_root(config: dict) -> None:
     owner = config["uids"]["program"] if config["uids"] else 0
     _mount("tmpfs", root + PRIVATE_WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={config['disk_bytes']},mode=700,uid={owner},gid={owner}")
-    number = SYS_PIVOT_ROOT.get(platform.machine())
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(f"pivot_root: no syscall number known for {platform.machine()}")
+        raise OSError(f"pivot_root: no syscall number known for {os.uname().machine}")
     os.chdir(root)
     _check(_libc.syscall(number, b".", b"."), "pivot_root")
     _check(_libc.umount2(b".", MNT_DETACH), "umount the old root")  # the old root was stacked under the new
@@ -146,16 +149,22 @@ def _tasks_of(uid: int) -> int:
     return count
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
 def _give_up_capabilities() -> None:
-    """Root of a user namespace keeps no capability through exec, nor can it get one back."""
+    """Root of a user namespace gives up every capability, and can get none back (not through exec either)."""
     _check(_libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NO_ROOT, 0, 0, 0), "prctl(PR_SET_SECUREBITS)")
     capability = 0
     while _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) == 0:
         capability += 1
+    empty = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; twice (64 capabilities)
+    _check(_libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), empty), "capset(none)")
 
 
 def _run(config: dict, report: dict) -> None:
-    """The runner: no new privileges, the limits, then exec the harness. Never returns."""
+    """The runner: no new privileges, the limits, then the harness. Never returns."""
     try:
         _die_with_parent()
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
@@ -173,15 +182,17 @@ def _run(config: dict, report: dict) -> None:
             resource.setrlimit(kind, value)
         workdir = PRIVATE_WORKDIR if report.get("private_filesystem") is True else config["workdir"]
         os.chdir(workdir)
+        os.environ.update(HOME=workdir, TMPDIR=workdir)
         uids = config["uids"] or {}
-        harness = {"fds": {"program": config["program_fd"], "check": config["check_fd"],
-                           "verdict": config["verdict_fd"]},
-                   "program_uid": uids.get("program"), "checker_uid": uids.get("checker")}
-        os.execve(config["python"], [config["python"], "-I", "-S", "-c", config["harness"], json.dumps(harness)],
-                  {**config["env"], "HOME": workdir, "TMPDIR": workdir})
+        harness: dict = {"__name__": "sandbox_harness"}
+        exec(compile(config["harness"], "sandbox_harness", "exec", dont_inherit=True), harness)
+        main = harness["main"]
+        del config["harness"], harness  # the program needs none of it
     except BaseException as exc:
         os.write(2, f"sandbox: could not start the program: {exc}\n".encode())
         os._exit(125)
+    main({"fds": {"program": config["program_fd"], "check": config["check_fd"], "verdict": config["verdict_fd"]},
+          "program_uid": uids.get("program"), "checker_uid": uids.get("checker")})
 
 
 def _close_harness_descriptors(config: dict) -> None:

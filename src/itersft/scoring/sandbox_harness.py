@@ -1,8 +1,8 @@
 """The last step of a sandboxed run: the program in one process, the verdict in another it cannot reach.
 
-`sandbox_child` runs this file's source as `python -I -S -c SOURCE CONFIG` once the sandbox is set up
-(standard library only; importable as a module too, for its codec). It forks at once, before it has
-read anything but its config, into two processes joined by two pipes:
+`sandbox_child`'s runner runs this file's source, in its own interpreter, once the sandbox is set up
+(standard library only; importable as a module too, for its codec), and calls `main`. It forks at
+once, before it has read anything but its config, into two processes joined by two pipes:
 
 * **the program** (the child): drops to its own uid (root) or keeps the capability-less identity the
   sandbox gave it; closes every descriptor the checker owns (the tests, the verdict pipe); waits for
@@ -35,7 +35,6 @@ import json
 import os
 import symtable
 import sys
-import traceback
 
 MAX_MESSAGE = 64 << 20  # bytes of one JSON message from the program; a larger one fails the test
 MAX_DEPTH = 200  # nesting of a value (lists in lists...)
@@ -295,6 +294,8 @@ def main(config: dict) -> None:
         check_program(Channel(results_read, calls_write), fds["check"])
         verdict = b"pass"
     except BaseException:
+        import traceback  # only now: most of the start-up cost is imports
+
         sys.stderr.write("checker: " + traceback.format_exc(limit=-3))
     finally:
         sys.stdout.flush()
@@ -302,6 +303,3 @@ def main(config: dict) -> None:
         os.write(fds["verdict"], verdict)
         os._exit(0)
 
-
-if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
