@@ -55,7 +55,10 @@ a user namespace but not the network, mount or PID namespaces inside it.
 
 What is NOT contained: CPU and memory *bandwidth* (a program can slow the machine for
 `wall_seconds`); kernel exploits; side channels; what the tests hand the program (a test that
-passes an expected value to one of the program's functions has shown it). No cgroups are used.
+passes an expected value to one of the program's functions has shown it). The checker's guarantee
+also assumes the program cannot write the Python installation the checker imports from: true as
+root (private uids) and in a mount namespace (read-only); not as a user without a mount namespace
+whose own Python (a pyenv under your home) the program could rewrite. No cgroups are used.
 For code from adversarial sources, use a VM or gVisor-class sandbox as well.
 """
 
