@@ -1,6 +1,6 @@
 """Run untrusted Python (a model's program) in a sandbox, judged by tests it cannot reach.
 
-`run_python(files, limits, tests=Tests(...))` runs the files in order in one namespace in a child
+`run_python(files, limits, tests=UnitTests(...))` runs the files in order in one namespace in a child
 process tree (`sandbox_child` sets it up), and the tests in a second process of that tree, the
 checker, which calls the program's functions across a pipe and compares plain-data copies of their
 results (`sandbox_harness`). "passed" is the checker's verdict, written to a pipe only the checker
@@ -142,7 +142,7 @@ class SandboxResult:
 
 
 @dataclass(frozen=True)
-class Tests:
+class UnitTests:
     """What the checker runs against a program (see `sandbox_harness`): `setup` (run first, in the
     checker and, as the program's first file, in the program), then `source`, which calls the
     program's functions by name; `entry_point` is a name the tests always take from the program."""
@@ -153,7 +153,7 @@ class Tests:
 
 
 def run_python(files: Sequence[tuple[str, str]], limits: SandboxLimits | None = None,
-               python: str | None = None, tests: Tests | None = None) -> SandboxResult:
+               python: str | None = None, tests: UnitTests | None = None) -> SandboxResult:
     """Run the `(file name, source)` pairs in order, in one module namespace, inside the sandbox.
 
     With `tests`, "passed" is the checker's verdict: every test ran without an exception, against
@@ -187,7 +187,7 @@ def _memory_file(name: str, data: Any) -> int:
     return descriptor
 
 
-def _run_in(directory: Path, files: Sequence[tuple[str, str]], tests: Tests | None, limits: SandboxLimits,
+def _run_in(directory: Path, files: Sequence[tuple[str, str]], tests: UnitTests | None, limits: SandboxLimits,
             uids: dict[str, int] | None, python: str) -> SandboxResult:
     directory.chmod(0o711)  # a private uid may enter it (the work dir, without a mount namespace), not list it
     workdir, root = directory / "work", directory / "root"

@@ -51,7 +51,7 @@ from typing import Any
 
 from itersft.scoring.code_sandbox import (
     SandboxLimits,
-    Tests,
+    UnitTests,
     describe_isolation,
     isolation_report,
     run_python,
@@ -112,17 +112,17 @@ def _defines(code: str, name: str) -> bool:
     return any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name for node in tree.body)
 
 
-def program_and_tests(completion: str, row: Mapping[str, Any]) -> tuple[list[tuple[str, str]], Tests]:
+def program_and_tests(completion: str, row: Mapping[str, Any]) -> tuple[list[tuple[str, str]], UnitTests]:
     """The program files and the tests for one sample in the row's format (see the module docstring)."""
     code = extract_code(completion)
     kind = row_format(row)
     if kind == "humaneval":
         prompt, entry_point = row["prompt"], row["entry_point"]
         program = prompt + "\n" + code if _defines(code, entry_point) else prompt + code
-        return [("solution", program)], Tests(row["test"] + f"\ncheck({entry_point})\n", prompt, entry_point)
+        return [("solution", program)], UnitTests(row["test"] + f"\ncheck({entry_point})\n", prompt, entry_point)
     if kind == "mbpp":
-        return [("solution", code)], Tests(tests_source(row["test_list"], "test_list"), _mbpp_setup(row))
-    return [("solution", code)], Tests(tests_source(row["tests"]))
+        return [("solution", code)], UnitTests(tests_source(row["test_list"], "test_list"), _mbpp_setup(row))
+    return [("solution", code)], UnitTests(tests_source(row["tests"]))
 
 
 def _mbpp_setup(row: Mapping[str, Any]) -> str:
