@@ -100,6 +100,8 @@ ATTACKS = {
     "shadow a builtin by name": "def abs(x):\n    return 0\ndef ENTRY(*a, **k):\n    return -1\n",
     "patch math.isclose and operator": ("import math, operator\nmath.isclose = lambda *a, **k: True\n"
                                         "operator.eq = lambda a, b: True\ndef ENTRY(*a, **k):\n    return -1\n"),
+    "a fake math module for the tests": ("import types\nmath = types.ModuleType('math')\n"
+                                         "math.isclose = lambda *a, **k: True\ndef ENTRY(*a, **k):\n    return -1\n"),
     # objects that compare equal to anything
     "__eq__ always true": _LIAR + "def ENTRY(*a, **k):\n    return Liar()\n",
     "int subclass that equals anything": ("class I(int):\n    def __eq__(self, o): return True\n"

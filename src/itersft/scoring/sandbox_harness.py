@@ -25,7 +25,8 @@ whose `__eq__` is always true never leaves the program's process, and nothing th
 result (a generator, a function, a class instance of the program's) fails the test that receives it.
 A test takes from the program only the names it reads without defining them, never a builtin, plus
 the entry point; a name bound to a module there (`import math`) is imported by the checker itself
-when it is a standard-library module.
+when it is the name of a standard-library module (the module of that name: the program has no say
+in which).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def serve_program(channel: Channel, program_fd: int) -> None:
     for name in start["names"]:
         value = namespace.get(name)
         if type(value) is type(os):
-            kinds[name] = ["module", value.__name__]
+            kinds[name] = ["module"]
         elif callable(value):
             kinds[name] = ["function"]
     channel.send({"ready": kinds})
@@ -256,8 +257,8 @@ def check_program(channel: Channel, check_fd) -> None:
     for name, kind in reply["ready"].items():
         if kind == ["function"]:
             namespace[name] = _proxy(channel, name, classes)
-        elif type(kind) is list and kind[:1] == ["module"] and str(kind[1]).split(".")[0] in sys.stdlib_module_names:
-            namespace[name] = __import__(str(kind[1]), fromlist=["_"])
+        elif kind == ["module"] and name in sys.stdlib_module_names:  # the module of that name, never another
+            namespace[name] = __import__(name)
     exec(compile(check["tests"], "tests", "exec", dont_inherit=True, optimize=0), namespace)
 
 
