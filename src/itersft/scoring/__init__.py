@@ -2,8 +2,10 @@
 
 `scorers` holds the scorer protocol, the built-in scorers by name and `score_samples`, the only place a
 scorer is called; `pool` runs every scorer per sample in worker processes with a hard wall-clock
-timeout; `math_verifier` and `code_verifier` are the `math` and `code` built-ins, the latter running
-completions in `code_sandbox` (with `sandbox_child` as the process it starts).
+timeout; `final_answer` is the rule `numeric` and `math` read answers by; `math_verifier` and
+`code_verifier` are the `math` and `code` built-ins, the latter running completions in `code_sandbox`
+(with `sandbox_child` as the process it starts, and `sandbox_harness` splitting the program from the
+checker that runs the tests).
 """
 
 from __future__ import annotations
