@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from itersft.sampling.samples import Sample
-from itersft.scoring.code_sandbox import SandboxLimits
+from itersft.scoring.code_sandbox import SandboxLimits, isolation_report
 from itersft.scoring.code_verifier import CodeTests
 from itersft.scoring.pool import ScoringOptions
 from itersft.scoring.scorers import score_samples
@@ -267,8 +267,14 @@ def attack_scores(tmp_path_factory) -> dict[tuple[str, str], float]:
     return {key: sample.score for key, sample in zip(keys, samples, strict=True)}
 
 
+HIDDEN_BY_THE_PRIVATE_ROOT = {"planted world-readable file", "the secret anywhere on disk or in /proc"}
+
+
 @pytest.mark.parametrize("name", list(ATTACKS) + list(LEAKS))
 def test_every_attack_scores_0(attack_scores, name):
+    private = isolation_report().get("private_filesystem")
+    if name in HIDDEN_BY_THE_PRIVATE_ROOT and private is not True:
+        pytest.skip(f"no private filesystem here ({private}): world-readable files are readable")
     scores = {target: score for (attack, target), score in attack_scores.items() if attack == name}
     assert scores and all(score == 0.0 for score in scores.values()), scores
 
