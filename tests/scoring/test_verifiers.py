@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -319,3 +321,44 @@ def test_a_pool_timeout_shorter_than_the_sandbox_limit_still_takes_the_sandbox_d
     assert orphans  # the killed worker's directory, for now
     assert run_python([("s.py", "pass\n")]).passed
     assert not any(p.exists() for p in orphans)
+
+
+_AS_A_USER = """
+import json
+from itersft.scoring.code_sandbox import UnitTests, isolation_report, run_python
+
+tests = UnitTests("assert add(2, 3) == 5\\n")
+probe = ("import os\\ndef add(a, b):\\n    found = []\\n"
+         "    for name, act in (('chroot', lambda: os.chroot('/')), ('ptrace the checker', "
+         "lambda: open(f'/proc/{os.getppid()}/mem', 'rb').read(1))):\\n"
+         "        try:\\n            act()\\n            found.append(name)\\n        except OSError:\\n"
+         "            pass\\n    print(json.dumps(found))\\n    return 5\\nimport json\\n")
+liar = "class L:\\n    def __eq__(self, other):\\n        return True\\ndef add(a, b):\\n    return L()\\n"
+killer = "import os, signal\\ndef add(a, b):\\n    os.kill(os.getppid(), signal.SIGKILL)\\n    return 5\\n"
+results = {name: run_python([("s.py", program)], tests=tests)
+           for name, program in (("probe", probe), ("liar", liar), ("killer", killer))}
+print(json.dumps({"isolation": isolation_report(), "status": {k: r.status for k, r in results.items()},
+                  "allowed": results["probe"].output}))
+"""
+
+
+def test_as_a_user_the_program_has_no_capabilities_and_cannot_beat_the_checker():
+    """Run as `nobody` (root of a user namespace inside): no capability (chroot is refused), the
+    checker's memory out of reach (where the user namespace may not mount /proc, as here, there is
+    no /proc to try), and what it can do to the checker (kill it) fails the sample. Needs root to
+    switch user, setpriv, and a system Python other users can run (the sandbox uses the interpreter
+    it runs in)."""
+    system_python = "/usr/bin/python3"
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(system_python):
+        pytest.skip("needs root, setpriv and /usr/bin/python3 to run the sandbox as another user")
+    source = Path(code_sandbox.__file__).resolve().parents[2]
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-I", "-c",
+                           f"import sys; sys.path.insert(0, {str(source)!r})\n" + _AS_A_USER],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    if done.returncode != 0:
+        pytest.skip(f"the sandbox does not run as nobody here: {done.stderr[-500:]}")
+    report = json.loads(done.stdout.splitlines()[-1])
+    if report["isolation"].get("user_namespace") is not True:
+        pytest.skip(f"no user namespace here: {report['isolation'].get('user_namespace')}")
+    assert report["status"] == {"probe": "passed", "liar": "failed", "killer": "failed"}
+    assert json.loads(report["allowed"]) == []
