@@ -26,7 +26,13 @@ from itersft.data.batching import by_length, lay_out_window
 from itersft.data.collate import collate
 from itersft.data.example import Example
 from itersft.data.packing import pack, packing_pays
-from itersft.trainer.loss import SummedLoss, label_positions, linear_cross_entropy_sum, separable_head
+from itersft.trainer.loss import (
+    SummedLoss,
+    default_chunk_rows,
+    label_positions,
+    linear_cross_entropy_sum,
+    separable_head,
+)
 from itersft.trainer.model_facts import inspect_model
 
 LENGTHS = (3, 19, 5, 11, 2, 17)
@@ -155,6 +161,13 @@ def test_linear_cross_entropy_sum_matches_full_logits(bias):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     for value, reference in zip(got_grads, expected_grads):
         torch.testing.assert_close(value, reference, **GRAD)
+
+
+def test_a_chunk_of_logits_stays_under_the_allocators_mapping_ceiling():
+    # glibc's malloc maps a block of 32 MiB or more fresh from the kernel on every allocation: a chunk that
+    # large would be page-faulted in anew for every chunk of every micro-batch.
+    for vocab in (260, 8192, 32000, 49152, 151936):
+        assert default_chunk_rows(vocab) * vocab * 4 < 32 * 2**20
 
 
 @pytest.mark.parametrize("lora", [False, True])
