@@ -137,6 +137,15 @@ def test_packing_pays_for_mixed_lengths_not_for_similar_ones(causal_model):
     assert facts.flash_attention and packing_pays([40, 39, 38, 40], facts.hidden_size, facts.flash_attention)
 
 
+def test_packing_estimate_follows_measured_speed_under_the_masked_path():
+    # Micro-batches timed on CPU, packed under transformers' block-diagonal mask against padded, on the
+    # benchmark's hidden-256 model with and without grouped key/value heads (benchmarks/fit_packing_estimate.py).
+    packed_faster = ([287, 274, 87, 160], [458, 404, 231, 36], [159, 118, 16, 142])  # the first: 3 * hidden padded
+    padded_faster = ([329, 277, 264, 223], [139, 131, 124, 103], [374, 260, 199, 314])
+    assert all(packing_pays(lengths, 256, False) for lengths in packed_faster)
+    assert not any(packing_pays(lengths, 256, False) for lengths in padded_faster)
+
+
 def test_by_length_regroups_within_the_window_only():
     window = [[3, 9], [1, 7], [5]]
     assert by_length(window, lambda n: n) == [[9, 7], [5, 3], [1]]
