@@ -43,7 +43,7 @@ table: they decide which kernels run. To stand in for an AVX2-only CPU on a newe
 MKL's and oneDNN's kernels for every process: `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_training.py`.
 
-    python benchmarks/bench_training.py                      # CPU, 4 workloads, about 25 minutes on 2 quiet cores
+    python benchmarks/bench_training.py                      # CPU, 4 workloads; estimated 25 minutes on 2 quiet cores
     python benchmarks/bench_training.py --texts prose --models qwen2-6m-mha --rounds 5
     python benchmarks/bench_training.py --device cuda --bf16 --models smollm2-135m   # see gpu.sh
 """
