@@ -85,7 +85,7 @@ part() {  # limit, title, command...
 cd "$repo"
 for model in "${models[@]}"; do
   part "$limit_train" "training, $model, bf16" "$python" benchmarks/bench_training.py --device "$device" --bf16 \
-    --model "$model" --trl-python "$trl_python" "${train[@]}"
+    --models "$model" --texts letters --trl-python "$trl_python" "${train[@]}"
 done
 for model in "${models[@]}"; do
   part "$limit_sample" "sampling, $model, bf16" "$python" benchmarks/gpu_sampling.py --device "$device" --bf16 \

@@ -35,8 +35,11 @@ from itersft import packed_attention
 from itersft.data.example import IGNORE_INDEX
 from itersft.trainer.model_facts import ModelFacts
 
-# Rows of float32 logits computed at once: bounds the loss's extra memory to about 32 MiB per chunk.
-LOGITS_PER_CHUNK = 2**23
+# Float32 logits computed at once: bounds the loss's extra memory to just under 32 MiB per chunk. Under,
+# not at: glibc's malloc maps a block of 32 MiB or more fresh from the kernel on every allocation (the
+# ceiling of its adaptive mmap threshold, mallopt(3)), so a chunk of exactly 32 MiB cost ~8,000 page
+# faults each time (a few percent of a step on a small model), while a smaller one is reused.
+LOGITS_PER_CHUNK = 2**23 - 2**16
 
 
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
@@ -129,8 +132,13 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     most `chunk_rows` rows exist at a time (default: `LOGITS_PER_CHUNK` values).
     """
     if chunk_rows is None:
-        chunk_rows = max(16, LOGITS_PER_CHUNK // weight.shape[0])
+        chunk_rows = default_chunk_rows(weight.shape[0])
     return _LinearCrossEntropySum.apply(hidden, weight, bias, targets, chunk_rows)
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    """Rows of logits per chunk for a head of `vocab_size` outputs: `LOGITS_PER_CHUNK` values, at least 16 rows."""
+    return max(16, LOGITS_PER_CHUNK // vocab_size)
 
 
 
