@@ -9,6 +9,25 @@ import torch
 IGNORE_INDEX = -100
 
 
+def loss_targets(labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The label each position's logits are scored against (-100: no loss), for `labels` of any batch shape.
+
+    The one rule for which positions carry a label, used by every count and every loss: for a causal LM
+    the logits at position t predict the token at t + 1, so position t gets label t + 1 and the last
+    position none; for seq2seq the decoder's position t gets label t.
+    """
+    if not causal:
+        return labels
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[..., :-1] = labels[..., 1:]
+    return targets
+
+
+def count_label_tokens(labels: torch.Tensor, causal: bool) -> int:
+    """Label tokens that carry loss (see `loss_targets`), in a sample's or a collated batch's `labels`."""
+    return int((loss_targets(labels, causal) != IGNORE_INDEX).sum())
+
+
 @dataclass
 class Example:
     """One sample, 1-D tensors.
@@ -33,9 +52,8 @@ class Example:
         return cls(input_ids, attention_mask, labels.masked_fill(attention_mask == 0, IGNORE_INDEX))
 
     def num_loss_tokens(self, shifted: bool) -> int:
-        """Tokens that carry loss; for a causal LM the first position never does (nothing predicts it)."""
-        labels = self.labels[1:] if shifted else self.labels
-        return int((labels != IGNORE_INDEX).sum())
+        """Tokens that carry loss (`count_label_tokens`); `shifted`: causal, where the first never does."""
+        return count_label_tokens(self.labels, causal=shifted)
 
     def size(self) -> tuple[int, int]:
         """`(source length, target length)`: the key samples are sorted by so that similar ones share a batch."""

@@ -152,8 +152,3 @@ def _integer_tensor(value: Any, dims: int | None = None) -> bool:
     return (isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
             and value.dtype != torch.bool and (dims is None or value.dim() == dims))
 
-
-def label_count(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
-    """Label tokens of a collated batch that carry loss (causal: after the one-position shift)."""
-    labels = batch["labels"] if is_encoder_decoder else batch["labels"][:, 1:]
-    return int((labels != IGNORE_INDEX).sum())
