@@ -47,9 +47,11 @@ class Example:
         """A causal example. A label token is a position whose label is not -100 *and* whose attention mask
         is 1: a label under padding (mask 0) is never trained, so it is made -100 here, once, and every later
         stage (collation, the window's token count, the statistics, evaluation) counts the same tokens.
-        `labels=None` learns every attended token."""
-        labels = input_ids if labels is None else labels
-        return cls(input_ids, attention_mask, labels.masked_fill(attention_mask == 0, IGNORE_INDEX))
+        `labels=None` learns every attended token (a copy of `input_ids`). Given labels with nothing under
+        padding are kept as they are, the very tensor (a `data_collator` sees the caller's own)."""
+        if labels is None or not bool(attention_mask.all()):
+            labels = (input_ids if labels is None else labels).masked_fill(attention_mask == 0, IGNORE_INDEX)
+        return cls(input_ids, attention_mask, labels)
 
     def num_loss_tokens(self, shifted: bool) -> int:
         """Tokens that carry loss (`count_label_tokens`); `shifted`: causal, where the first never does."""

@@ -52,7 +52,7 @@ from itersft.data.encode import ExampleEncoder
 from itersft.data.eval_dataset import tokenize_eval_dataset
 from itersft.data.example import Example
 from itersft.data.truncate import truncate_examples
-from itersft.data.user_collator import check_collator, samples_carry_labels
+from itersft.data.user_collator import TensorFeatures, check_collator, samples_carry_labels
 from itersft.data.validate import validate_step_input
 from itersft.distributed import Ranks
 from itersft.trainer import checkpoint as checkpoints
@@ -98,8 +98,9 @@ class IterativeSFTTrainer(Trainer):
         tokenizer: tokenizer or processor; loaded from the model's name when not given. Never modified.
         optimizers: `(optimizer, lr_scheduler)`; either may be None to get the default.
         data_collator: builds every micro-batch of `step()` and of `evaluate()` from per-sample dicts of
-            `input_ids`, `attention_mask` (and `labels` when the samples carry their own), and the loss
-            follows the `labels` it returns. None: the trainer pads (`batching` may also pack). See `hooks`.
+            1-D `torch.long` tensors (the caller's own where `step()` got tensors), `input_ids`,
+            `attention_mask` (and `labels` when the samples carry their own), and the loss follows the
+            `labels` it returns. None: the trainer pads (`batching` may also pack). See `user_collator`.
         eval_dataset: a `datasets.Dataset` (or dict of them) with `input_ids` (and optionally
             `attention_mask`, `labels`), or with text columns: `text` (+ `text_label` for seq2seq),
             `prompt` + `completion`, or `messages`; text columns are tokenised as `step()` would.
@@ -131,7 +132,7 @@ class IterativeSFTTrainer(Trainer):
         args: TrainingArguments | PreTrainedTokenizerBase | ProcessorMixin | None = None,
         tokenizer: PreTrainedTokenizerBase | ProcessorMixin | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None] = (None, None),
-        data_collator: Callable[[list[dict[str, Any]]], Mapping[str, Any]] | None = None,
+        data_collator: Callable[[list[dict[str, torch.Tensor]]], Mapping[str, Any]] | None = None,
         eval_dataset: Dataset | dict[str, Dataset] | None = None,
         max_length: int | None = None,
         truncation_mode: str = Default("keep_end"),
@@ -184,7 +185,7 @@ class IterativeSFTTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or self.rows_collator,
+            data_collator=self.rows_collator if data_collator is None else TensorFeatures(data_collator),
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
