@@ -50,7 +50,6 @@ from itersft.data.batching import shuffled
 from itersft.data.collate import ExampleCollator
 from itersft.data.encode import ExampleEncoder
 from itersft.data.eval_dataset import tokenize_eval_dataset
-from itersft.data.example import Example
 from itersft.data.truncate import truncate_examples
 from itersft.data.user_collator import TensorFeatures, check_collator, samples_carry_labels
 from itersft.data.validate import validate_step_input
@@ -179,6 +178,10 @@ class IterativeSFTTrainer(Trainer):
         self.pad_token_id = choose_pad_token_id(self.tokenizer, model)
         self.rows_collator = ExampleCollator(self.pad_token_id, self.is_encoder_decoder)
         self.user_collator = check_collator(data_collator, self.settings.batching)
+        # Every sample, of step() and of a text eval set, cut along the sequence axis (`truncate_examples`).
+        self._truncate = partial(truncate_examples, max_length=self.settings.max_length,
+                                 mode=self.settings.truncation_mode, max_positions=self.facts.max_positions,
+                                 is_encoder_decoder=self.is_encoder_decoder)
         if eval_dataset is not None:
             eval_dataset = tokenize_eval_dataset(eval_dataset, self.encoder, self._truncate)
 
@@ -314,10 +317,6 @@ class IterativeSFTTrainer(Trainer):
         return Layout(args.per_device_train_batch_size, args.gradient_accumulation_steps, batching,
                       may_pack(facts.packs, batching, self.user_collator, overridden), facts.hidden_size,
                       self.summed_loss.attends_per_sample(self.model_wrapped))
-
-    def _truncate(self, examples: list[Example]) -> list[Example]:
-        return truncate_examples(examples, self.settings.max_length, self.settings.truncation_mode,
-                                 self.facts.max_positions, self.is_encoder_decoder)
 
     def _log_evaluate_save(self, result: dict[str, Any], pending: dict[str, bool]) -> None:
         """Act on the log/eval/save requests that the updates of this call raised."""
