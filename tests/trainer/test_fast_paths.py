@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.data.batching import by_length, lay_out_window
@@ -35,18 +37,11 @@ from itersft.trainer.loss import (
 )
 from itersft.trainer.model_facts import inspect_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
+from gradient_reference import UpdateRecorder  # noqa: E402
+
 LENGTHS = (3, 19, 5, 11, 2, 17)
 GRAD = {"rtol": 1e-4, "atol": 1e-6}
-
-
-class GradientRecorder(TrainerCallback):
-    """Copies every parameter's gradient just before each optimizer update."""
-
-    def __init__(self):
-        self.grads = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
 def _samples(vocab: int):
@@ -58,11 +53,12 @@ def _samples(vocab: int):
     return ids, labels
 
 
-def _run(model_dir, model_class, tokenizer, tmp_path, batching, batch_size, accumulation, **inputs):
-    recorder = GradientRecorder()
+def _run(model_dir, model_class, tokenizer, tmp_path, batching, batch_size, accumulation, shuffle=True, **inputs):
+    recorder = UpdateRecorder()
     config = IterativeSFTConfig(output_dir=str(tmp_path / batching), report_to="none", max_grad_norm=0.0,
                                 learning_rate=1e-2, per_device_train_batch_size=batch_size,
-                                gradient_accumulation_steps=accumulation, seed=7, batching=batching)
+                                gradient_accumulation_steps=accumulation, seed=7, batching=batching,
+                                shuffle_samples=shuffle)
     trainer = IterativeSFTTrainer(model_class.from_pretrained(model_dir), config, tokenizer=tokenizer,
                                   callbacks=[recorder])
     return trainer.step(**inputs), recorder.grads
@@ -93,13 +89,19 @@ def test_causal_sorted_and_packed_match_padded(causal_dir, tokenizer, tmp_path, 
     _assert_same(runs["auto"], runs["padded"])
 
 
-@pytest.mark.parametrize("batch_size,accumulation", [(4, 1), (2, 2)])
+@pytest.mark.parametrize("batch_size,accumulation", [(2, 2), (2, 3)])
 def test_seq2seq_sorted_matches_padded(seq2seq_dir, tokenizer, tmp_path, batch_size, accumulation):
-    sources = ["a", "translate this long sentence", "bb", "hello there"]
-    targets = ["x", "y z", "a much longer target text", "w"]
+    """Several micro-batches per window, short and long samples alternating (unshuffled), so regrouping by
+    length changes the layout (less padding) and must not change the update. Seq2seq is never packed:
+    "packed" means sorted here."""
+    sources = ["a", "translate this long sentence", "bb", "hello there, how are you", "c", "a fairly long source"]
+    targets = ["x", "a much longer target text", "w", "another long target", "v", "yet another target"]
     runs = {mode: _run(seq2seq_dir, AutoModelForSeq2SeqLM, tokenizer, tmp_path, mode, batch_size, accumulation,
-                       prompts=sources, completions=targets) for mode in ("padded", "packed")}
-    _assert_same(runs["packed"], runs["padded"])  # seq2seq is never packed: "packed" means sorted here
+                       shuffle=False, prompts=sources, completions=targets) for mode in ("padded", "sorted", "packed")}
+    assert runs["padded"][0]["padded_tokens"] > runs["sorted"][0]["padded_tokens"]  # the layout did change
+    assert runs["packed"][0]["padded_tokens"] == runs["sorted"][0]["padded_tokens"]
+    _assert_same(runs["sorted"], runs["padded"])
+    _assert_same(runs["packed"], runs["padded"])
 
 
 def test_packed_row_attends_within_each_sample_only(causal_model):

@@ -170,7 +170,10 @@ def from_token_ids(input_ids: list[torch.Tensor], attention_mask: list[torch.Ten
 
 
 def _on_cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", torch.long)
+    """The caller's tensor itself when it is already `torch.long` on the CPU (a `data_collator` then gets
+    the very tensors it was given, as TRL's trainer handed them), else a converted copy. Integer tensors
+    never require grad, so nothing needs detaching."""
+    return tensor.to("cpu", torch.long)
 
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:
