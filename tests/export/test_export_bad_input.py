@@ -16,6 +16,7 @@ import pytest
 
 from itersft.cli.main import main as itersft
 from itersft.export import ExportConfig, ExportError, export_rows
+from itersft.loop import LoopConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -27,6 +28,7 @@ from faulty_loop import on_a_read_only_folder  # noqa: E402
 def export(capsys, run_dir, *options: str) -> tuple[int, str]:
     """`itersft export` in this process: its exit status and the message it printed on stderr (and nothing on
     stdout)."""
+    capsys.readouterr()  # what came before (a loop's progress bars) is not the command's
     status = itersft(["export", str(run_dir), *options])
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("itersft export: "), captured
@@ -52,6 +54,8 @@ def test_a_run_from_before_scored_samples_were_kept_says_what_to_rerun(tmp_path,
     run_dir = tmp_path / "run"
     run_loop(answering_dir, run_dir, rounds=1, write_samples=False)
     assert not (run_dir / "samples").exists() and (run_dir / "accepted" / "round-0000.jsonl").exists()
+    with pytest.raises(ValueError, match=r"`write_samples` must be True or False, got 'no'\."):
+        LoopConfig(output_dir=str(tmp_path), write_samples="no")
     status, message = export(capsys, run_dir, "--format", "dpo", "--out", str(tmp_path / "dpo.jsonl"))
     assert status == 1 and message == (
         f"itersft export: `run_dir` {str(run_dir)!r} holds no scored samples for its rounds 0 (no "

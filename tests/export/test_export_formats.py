@@ -6,6 +6,7 @@ and the command line's summary.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -208,3 +209,23 @@ def test_itersft_export_prints_the_summary_and_writes_it_beside_the_dataset(stan
     assert printed.startswith(f"{summary.rows} DPO pairs (preference), standard text, from {standard_run} (rounds 0-1: "
                               f"36 samples) to {out}\n")
     assert f"mean score margin (chosen - rejected): {summary.mean_margin:.4g}" in printed
+
+
+def test_the_readme_export_commands_run(standard_run, tmp_path, capsys):
+    """Each `itersft export` line of the README's export section (the same block in both languages), on this
+    test's run in place of `runs/example`."""
+    root = Path(__file__).resolve().parents[2]
+    blocks = []
+    headings = {"README.md": "## Export to DPO / SFT / KTO", "README.zh-CN.md": "## 导出为 DPO / SFT / KTO"}
+    for name, heading in headings.items():
+        section = (root / name).read_text().split(heading, 1)[1]
+        blocks.append(section.split("```bash\n", 1)[1].split("```", 1)[0])
+    assert blocks[0] == blocks[1]
+    commands = [shlex.split(line.split("#")[0]) for line in blocks[0].splitlines() if " export " in line]
+    assert {c[c.index("--format") + 1] for c in commands} == {"sft", "dpo", "kto"}
+    for command in commands:
+        arguments = [str(standard_run) if a == "runs/example" else a for a in command[command.index("export"):]]
+        out = arguments.index("--out") + 1
+        arguments[out] = str(tmp_path / Path(arguments[out]).name)
+        assert itersft(arguments) == 0, capsys.readouterr().err
+        assert Path(arguments[out]).stat().st_size > 0
