@@ -218,6 +218,7 @@ class ExpertIteration:
         with reporting_full_disk(self.run_dir.root / "accepted", f"the samples kept in round {round_index}",
                                  then=_resume_hint(round_index - 1)):
             self.run_dir.write_accepted(round_index, finished)
+        self._write_samples(round_index, drawn, finished)
 
         replayed = self.buffer.draw(self.config.replay_samples, round_index) if self.config.replay_samples else []
         if self.buffer is not None:
@@ -292,6 +293,14 @@ class ExpertIteration:
                                 progress=self._progress("eval", round_index), scoring=self.config.scoring)
 
     # ---- checkpoints --------------------------------------------------------------------------
+
+    def _write_samples(self, round_index: int, drawn: list[Sample], trained: list[Sample]) -> None:
+        """`samples/round-NNNN.jsonl`: every sample of the round, scored, marked kept when trained on
+        (`LoopConfig.write_samples`). Written before the round's checkpoint, as `accepted/` is (see `run_dir`)."""
+        if self.config.write_samples:
+            with reporting_full_disk(self.run_dir.samples_file(round_index),
+                                     f"the samples drawn in round {round_index}", then=_resume_hint(round_index - 1)):
+                self.run_dir.write_samples(round_index, drawn, trained)
 
     def _checkpoint(self, round_index: int, state: dict[str, Any]) -> None:
         def add_loop_state(staging: Path) -> None:

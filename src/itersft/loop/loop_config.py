@@ -50,6 +50,9 @@ class LoopConfig:
             one has landed (a round checkpoint holds the model, the optimizer state and more: about 3x
             the model's size). Resuming needs only the newest. None keeps them all. `final/` is always
             kept.
+        write_samples: write every sample each round draws, scored and marked kept or not, to
+            `samples/round-NNNN.jsonl` (what `itersft export` builds DPO, KTO and SFT datasets from); kept for
+            every round. False writes only `accepted/` (the kept samples). Not part of the run's identity.
         resume_changed: resume a run whose identity (`run_identity.json`: model, tokenizer, prompts,
             scorer, filter, sampling, loop and training settings) differs from this one's. Without it
             such a rerun is refused with an error naming every changed field; with it the changes are
@@ -74,6 +77,7 @@ class LoopConfig:
     score_in_process: bool = False
     seed: int = 0
     keep_rounds: int | None = 2
+    write_samples: bool = True
     resume_changed: bool = False
 
     def __post_init__(self) -> None:
@@ -90,7 +94,7 @@ class LoopConfig:
         problems.integer("buffer_capacity", self.buffer_capacity, minimum=0, optional=True)
         problems.integer("keep_rounds", self.keep_rounds, minimum=1, optional=True)
         problems.integer("seed", self.seed)
-        for name in ("restart_from_base", "reset_optimizer", "fail_fast", "resume_changed"):
+        for name in ("restart_from_base", "reset_optimizer", "fail_fast", "write_samples", "resume_changed"):
             problems.boolean(name, getattr(self, name))
         problems.number("pass_score", self.pass_score)
         check_labelled_ratio(self.labelled_ratio, problems)

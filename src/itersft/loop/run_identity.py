@@ -27,8 +27,8 @@ The identity's fields:
 * `scorer` and `filter`: the scorer's name or import path, and the filter's description.
 * `sampling.*`: every `SamplingConfig` field but `batch_size` (it does not change what is sampled).
 * `loop.*`: every `LoopConfig` field but `output_dir`, `rounds` (more rounds continue a run), `fail_fast`,
-  `score_timeout`, `score_workers`, `score_in_process` (how scoring runs), `keep_rounds` and
-  `resume_changed`.
+  `score_timeout`, `score_workers`, `score_in_process` (how scoring runs), `keep_rounds`,
+  `write_samples` and `resume_changed`.
 * `training.*`: every trainer setting (`trainer.args.to_dict()`) but those that only say where files
   go, what is logged or reported and how evaluation or data loading would run (`IGNORED_TRAINING`,
   `IGNORED_TRAINING_PREFIXES`: `output_dir`, `logging_*`, `report_to`, `run_name`, `save_*`, `hub_*`,
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run_identity.json"
 IGNORED_LOOP = {"output_dir", "rounds", "fail_fast", "score_timeout", "score_workers", "score_in_process",
-                "keep_rounds", "resume_changed"}
+                "keep_rounds", "write_samples", "resume_changed"}
 IGNORED_SAMPLING = {"batch_size"}
 IGNORED_TRAINING = {"output_dir", "report_to", "run_name", "project", "disable_tqdm", "resume_from_checkpoint",
                     "overwrite_output_dir", "local_rank", "skip_memory_metrics", "per_device_eval_batch_size",

@@ -19,6 +19,8 @@ class Sample:
     (not its text), so duplicate prompts stay distinct groups and a prompt keeps its index whichever
     round or rank samples it; `sample_index` numbers the k completions of that prompt.
     `score` is filled in by scoring: a float, or None when the scorer could not score the sample.
+    `rewards` holds each reward function's own value, `{function name: value or None}`, when the score
+    combines several; None otherwise.
     `meta` carries per-prompt metadata (e.g. the reference answer) through to the scorer.
     """
 
@@ -31,6 +33,7 @@ class Sample:
     score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] | None = None
+    rewards: dict[str, float | None] | None = None
 
     def training_conversation(self) -> list[dict[str, str]] | None:
         """`messages` followed by the completion as the assistant turn; None for a raw-text sample."""
