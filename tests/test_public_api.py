@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["itersft", "itersft.loop", "itersft.sampling", "itersft.scoring"]
+PACKAGES = ["itersft", "itersft.loop", "itersft.sampling", "itersft.scoring", "itersft.tasks"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -39,5 +39,5 @@ def test_importing_the_loop_package_loads_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, itersft.loop, itersft.scoring, itersft.sampling; print('torch' in sys.modules)"
+    code = "import sys, itersft.loop, itersft.scoring, itersft.sampling, itersft.tasks; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
