@@ -127,8 +127,10 @@ def test_above_group_mean_keeps_what_grpo_would_push_up(batch):
     assert ids(AboveGroupMean()(batch)) == [(0, 1), (0, 3), (1, 0)]  # means 2/3 and 0.3; unscored left out
     shifted = [s(0, i, score) for i, score in enumerate([-40.0, 10.0, 10.0, 10.0])]
     assert ids(AboveGroupMean()(shifted)) == [(0, 1), (0, 2), (0, 3)]
-    uniform = [s(0, i, 0.1) for i in range(3)] + [s(1, 0, 5.0)]
-    assert AboveGroupMean()(uniform) == []  # nothing to tell apart; one scored sample is its own mean
+    assert ids(AboveGroupMean()([s(0, i, float(i)) for i in range(3)])) == [(0, 2)]  # at the mean is not above
+    # nothing to tell apart (1.7 five times has a float mean just below 1.7); one scored sample is its own mean
+    uniform = [s(0, i, 1.7000000000000002) for i in range(5)] + [s(1, 0, 5.0)]
+    assert AboveGroupMean()(uniform) == []
 
 
 def test_dedup_per_prompt_index_with_normalisation():

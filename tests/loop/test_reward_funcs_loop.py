@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,9 @@ def test_the_loop_scores_with_trls_reward_functions_as_trl_does(tmp_path, thinki
         sums = trl_weighted_sum(torch.cat([expected, torch.full((len(drawn), 1), float(steps))], dim=1), weights)
         assert [s.score for s in drawn] == pytest.approx(sums.tolist(), abs=1e-6)
         assert len({s.score for s in drawn}) > 1, "the rewards should tell some samples apart"
+        eos = AutoTokenizer.from_pretrained(thinking_dir).eos_token_id  # the toy template ends turns with it
+        assert {s.stop_token_id for s in drawn if s.finished} == {eos}  # what TRL's completion_ids end with
+        assert {s.stop_token_id for s in drawn if not s.finished} <= {None}
         accepted = [json.loads(line) for line in
                     (tmp_path / "accepted" / f"round-{round_index:04d}.jsonl").read_text().splitlines()]
         kept = [s for s in AboveGroupMean()(drawn) if s.finished]
@@ -122,6 +126,20 @@ def test_scorer_and_reward_funcs_together_are_refused(tmp_path, thinking_dir):
     with pytest.raises(ValueError, match="both `scorer`"):
         ExpertIteration(trainer_for(thinking_dir, tmp_path), SamplingConfig(), "exact_match", AboveGroupMean(),
                         LoopConfig(output_dir=str(tmp_path)), reward_funcs=[think_format_reward])
+
+
+def test_the_run_configs_default_filter_with_reward_funcs_needs_no_threshold():
+    from itersft.cli import run_config
+
+    assert repr(run_config.build_filter({"reward_funcs": ["trl.rewards:think_format_reward"]})) == "AboveGroupMean()"
+    assert repr(run_config.build_filter({"scorer": "exact_match"})) == "Threshold(min_score=1.0)"
+
+
+def test_the_readmes_show_the_example_config_as_it_is():
+    example = (ROOT / "examples" / "grpo_rewards.yaml").read_text()
+    for readme in ("README.md", "README.zh-CN.md"):
+        blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / readme).read_text(), flags=re.S)
+        assert example in blocks, f"{readme} should show examples/grpo_rewards.yaml as it is"
 
 
 def test_the_example_config_runs_as_written(tmp_path, thinking_dir):
