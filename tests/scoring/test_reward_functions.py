@@ -197,22 +197,24 @@ def test_async_functions_and_async_callable_objects(options):
     assert_matches_trl(samples, functions, [0.5, 1.0, -1.0])
 
 
-def test_log_extra_and_log_metric_are_kept():
-    """accuracy_reward logs its parsed answers with log_extra, as TRL's completions table holds them."""
+@pytest.mark.parametrize("options, calls", [(POOL, 6), (IN_PROCESS, 18)], ids=["pool", "in_process"])
+def test_log_extra_and_log_metric_are_kept(options, calls):
+    """accuracy_reward logs its parsed answers with log_extra, as TRL's completions table holds them; an async
+    function's log_metric values are averaged over its calls (chunks of 6 in the pool, one call in process)."""
 
-    def with_metric(completions, log_metric, **_):
+    async def with_metric(completions, log_metric, **_):
         log_metric("length", float(len(completions)))
         return [0.0] * len(completions)
 
     samples = chat_samples()
     functions = RewardFunctions([accuracy_reward, with_metric], chunk_size=6)
-    score_samples(functions, samples, options=POOL)
+    score_samples(functions, samples, options=options)
     logged = {}
     trl_rewards_per_function([accuracy_reward], samples, logged=logged)
     assert set(logged) == {"solution", "gold_parsed", "answer_parsed"}
     for column, values in logged.items():
         assert [s.reward_logs[column] for s in samples] == values
-    assert functions.metrics == {"length": 6.0}  # chunks of 6 samples: every call logged 6
+    assert functions.metrics == {"length": float(calls)}
 
 
 def crash_hang_or_raise(completions, **_):

@@ -32,8 +32,11 @@ def trl_rewards_per_function(reward_funcs, samples, tokenizers=None, trainer_sta
                              logged: dict | None = None) -> torch.Tensor:
     """The [samples, functions] float32 rewards TRL computes (NaN where a function returned None); `logged`,
     if given, receives the columns the functions logged with `log_extra`."""
+    from accelerate import PartialState
     from trl import GRPOTrainer
     from trl.trainer.utils import get_callable_name, is_async_callable, start_event_loop_in_daemon
+
+    PartialState()  # TRL logs (a row no function scored) through accelerate's logger, which needs it
 
     trainer = object.__new__(GRPOTrainer)
     trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True)

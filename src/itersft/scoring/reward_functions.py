@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -262,7 +263,7 @@ def _score_here(caller: CallFunction, functions: list[int], samples: list, colum
     batch = Batch.of(samples, columns)
     everything = list(range(len(samples)))
     waiting = [f for f in functions if is_async(caller.functions[f])]
-    logs: dict[int, tuple[dict, dict]] = {f: ({}, {}) for f in waiting}
+    logs: dict[int, tuple[dict, dict]] = {f: ({}, defaultdict(list)) for f in waiting}
     awaited = run_coroutines([_settled(caller.coroutine(f, batch, *logs[f])) for f in waiting]) if waiting else []
     outputs = dict(zip(waiting, awaited))
     for f in functions:
