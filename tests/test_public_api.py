@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["itersft", "itersft.loop", "itersft.sampling", "itersft.scoring", "itersft.export"]
+PACKAGES = ["itersft", "itersft.loop", "itersft.sampling", "itersft.scoring", "itersft.export", "itersft.tasks"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -39,5 +39,6 @@ def test_importing_the_loop_package_loads_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, itersft.loop, itersft.scoring, itersft.sampling, itersft.export; print('torch' in sys.modules)"
+    code = ("import sys, itersft.loop, itersft.scoring, itersft.sampling, itersft.export, itersft.tasks; "
+            "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

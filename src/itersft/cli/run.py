@@ -1,8 +1,8 @@
 """`itersft run CONFIG`: the loop on your model, prompts and scorer. Rerunning resumes.
 
-A run config names code that this command imports and runs: a scorer `module:function` is imported
-like any module of a Python script, from the working directory first (as `python -m` would), so run
-only configs you trust.
+A run config names code that this command imports and runs: a scorer or reward function
+`module:function` is imported like any module of a Python script, from the working directory first (as
+`python -m` would), so run only configs you trust.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(args) -> int:
     from itersft.loop.expert_iteration import ExpertIteration
     from itersft.loop.run_dir import check_output_dir
     from itersft.model_sources import load_tokenizer_from
-    from itersft.scoring.scorers import resolve_scorer, validate_meta
+    from itersft.scoring.scorers import validate_meta
 
     # The installed `itersft` script starts with its own folder on sys.path, not the working directory:
     # put the working directory first, as `python -m itersft.cli.main` does, so `module:function`
@@ -47,20 +47,20 @@ def main(args) -> int:
         loop_config = dataclasses.replace(loop_config, resume_changed=True)
     if main_process:  # before anything loads: a run that could not save its first checkpoint fails now
         check_output_dir(loop_config.output_dir)
-    # Everything that can be checked without the model is checked before it loads: the scorer and the
-    # metadata it needs, then (with the tokenizer, which is cheap to load) the prompts' format.
-    scorer = resolve_scorer(config["scorer"])
-    validate_meta(scorer, meta, len(prompts), "prompts")
+    # Everything that can be checked without the model is checked before it loads: the scorer (or reward
+    # functions) and the metadata it needs, then (with the tokenizer, which is cheap to load) the prompts' format.
+    scorer, reward_funcs = run_config.build_scoring(config)
+    validate_meta(scorer or reward_funcs, meta, len(prompts), "prompts")
     if eval_prompts:
-        validate_meta(scorer, eval_meta, len(eval_prompts), "eval_prompts")
+        validate_meta(scorer or reward_funcs, eval_meta, len(eval_prompts), "eval_prompts")
     tokenizer = load_tokenizer_from(config.get("tokenizer") or config["model"],
                                     None if config.get("tokenizer") else training_args.model_init_kwargs)
     run_config.check_prompt_format(sampling, tokenizer, prompts, eval_prompts, [s.prompt for s in labelled or []])
     trainer = IterativeSFTTrainer(config["model"], training_args, tokenizer=tokenizer,
                                   peft_config=run_config.build_peft(config))
-    loop = ExpertIteration(trainer, sampling, config["scorer"], run_config.build_filter(config), loop_config,
+    loop = ExpertIteration(trainer, sampling, scorer, run_config.build_filter(config), loop_config,
                            labelled=labelled, callbacks=[SamplingBars(), RoundTable(sys.stdout)],
-                           sources=run_config.describe_sources(config))
+                           sources=run_config.describe_sources(config), reward_funcs=reward_funcs)
     history = loop.run(prompts, meta, eval_prompts=eval_prompts, eval_meta=eval_meta)
     trainer.end()
     if main_process:

@@ -66,7 +66,10 @@ from itersft.sampling.sampler import Sampler, SamplingConfig
 from itersft.sampling.samples import Sample
 from itersft.scoring.pool import scorer_name
 from itersft.scoring.report import stop_if_every_sample_failed
-from itersft.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
+from itersft.scoring.reward_functions import RewardFunctions
+from itersft.scoring.scorer_choice import choose_scorer
+from itersft.scoring.scorers import Scorer, score_samples, validate_meta
+from itersft.tasks.prompt_rows import is_dataset, prompts_from_dataset
 
 __all__ = ["ExpertIteration", "LoopConfig"]
 
@@ -82,7 +85,10 @@ class ExpertIteration:
         scorer: `(prompts, completions, **meta) -> list[float | None]`, a built-in name
             (`"exact_match"`, `"numeric"`, `"math"`, `"code"`; see `scorers`) or `"module:function"`.
             It runs per sample in worker processes under `config.score_timeout` (see `scoring.pool`).
-        filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`.
+            Give `scorer` or `reward_funcs`, not both.
+        filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`; with
+            `reward_funcs` it sees their weighted sum as each sample's score (`AboveGroupMean()`
+            needs no threshold).
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
             `config.labelled_ratio`. Their prompts go through the chat template as sampled prompts do
@@ -90,14 +96,24 @@ class ExpertIteration:
         callbacks: `LoopCallback`s, called on the main process (progress, per-round metrics).
         sources: where the prompts came from, e.g. `{"prompts": "data/train.jsonl"}`: recorded in
             `run_identity.json` for whoever reads it, never compared (the prompts' hash is).
+        reward_funcs: reward functions in TRL's GRPO convention, in place of `scorer`: a callable,
+            a "package.module:function" string, a reward model (a folder or hub id, a loaded
+            `PreTrainedModel`, a `RewardModel`), a list of these, or a `RewardFunctions`. Each
+            sample's score is their weighted sum, each one's reward is kept in `Sample.rewards`, and
+            `trainer_state` is this trainer's state (see `scoring.reward_functions`).
+        reward_weights: one weight per reward function (default 1.0 each), as TRL's `reward_weights`.
 
     Built, it has checked that `config.output_dir` is writable and fingerprinted the model's weights
     for the run's identity (`run_identity`), before any resume loads a checkpoint into them.
     """
 
-    def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str, filter, config: LoopConfig,
-                 labelled: list[Sample] | None = None, callbacks: list[LoopCallback] | None = None,
-                 sources: dict[str, str] | None = None):
+    def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str | None = None, filter=None,
+                 config: LoopConfig | None = None, labelled: list[Sample] | None = None,
+                 callbacks: list[LoopCallback] | None = None, sources: dict[str, str] | None = None, *,
+                 reward_funcs=None, reward_weights: list[float] | None = None):
+        missing = [name for name, value in (("filter", filter), ("config", config)) if value is None]
+        if missing:
+            raise TypeError(f"ExpertIteration needs {' and '.join(f'`{name}`' for name in missing)}.")
         if config.restart_from_base and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError("`restart_from_base` does not work under DeepSpeed: its ZeRO optimizer keeps its own "
                              "float32 copy of the weights, which loading the base weights would not reset (the next "
@@ -107,8 +123,10 @@ class ExpertIteration:
         self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)  # writable, or raise
         self.trainer = trainer
         self.sampling = sampling
-        self.scorer = resolve_scorer(scorer)
-        self._scorer_spec = scorer  # a name or import path stays one in the run's identity
+        # a name or import path stays one in the run's identity; reward functions are described
+        self.scorer, self._scorer_spec = choose_scorer(scorer, reward_funcs, reward_weights)
+        if isinstance(self.scorer, RewardFunctions):
+            self.scorer.bind(trainer)
         self.sources = dict(sources or {})
         if config.score_in_process:
             logger.warning("score_in_process: the scorer runs in this process with no timeout; a scorer that hangs "
@@ -128,15 +146,19 @@ class ExpertIteration:
         """Run (or resume) the loop and return one metrics dict per round.
 
         A prompt is a string or chat messages (see `itersft.sampling.prompts`). `meta[i]` is passed to the
-        scorer with prompt i (e.g. `{"answer": "42"}`). Every prompt, and the metadata the scorer needs
-        (`validate_meta`), is checked before anything is sampled. Rerunning the same call after an
-        interruption resumes after the last complete round, unless the run's identity changed
+        scorer with prompt i (e.g. `{"answer": "42"}`). `prompts` (and `eval_prompts`) may instead be a
+        `datasets.Dataset` in TRL's prompt-only format, a `prompt` column and any others, which become the
+        metadata (`itersft.tasks.prompts_from_dataset`; then without `meta`). Every prompt, and the
+        metadata the scorer needs (`validate_meta`), is checked before anything is sampled. Rerunning the
+        same call after an interruption resumes after the last complete round, unless the run's identity changed
         (`run_identity`: a ValueError names every changed field; `LoopConfig.resume_changed` resumes
         anyway). A round whose scorer fails on every sample stops the run (`ScorerFailedError`), and a
         full disk is reported as `OSError(ENOSPC)`: rerun once space is freed. At the end `final/` holds the model and
         tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which fires
         `on_train_end` as `Trainer.train` does; trackers flush).
         """
+        prompts, meta = _from_dataset(prompts, meta, "prompts")
+        eval_prompts, eval_meta = _from_dataset(eval_prompts, eval_meta, "eval_prompts")
         if not prompts:
             raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
         if meta is not None and len(meta) != len(prompts):
@@ -340,6 +362,16 @@ class ExpertIteration:
         logger.info("Resuming after round %d from %s", state["round"], latest)
         self.run_dir.write_metrics(state["history"])
         return state
+
+
+def _from_dataset(prompts, meta, argument: str):
+    """(prompts, meta) as given, or read from a `datasets.Dataset` (which carries its own metadata)."""
+    if not is_dataset(prompts):
+        return prompts, meta
+    if meta is not None:
+        raise ValueError(f"`{argument}` is a datasets.Dataset, whose other columns are the metadata: leave "
+                         f"`{argument.replace('prompts', 'meta')}` out.")
+    return prompts_from_dataset(prompts, argument=argument)
 
 
 def _by_format(samples: list[Sample]) -> list[list[Sample]]:

@@ -171,9 +171,10 @@ class Sampler:
         rendered as (None for raw text). `completion` is the decoded text up to (excluding) EOS, the
         end-of-turn token or the first stop string; `completion_ids` are the generated ids *without*
         that token and without padding (with a stop string: the longest prefix whose decode is a prefix
-        of `completion`); `finished` says a stop token or a stop string was produced. `progress(done,
-        total)` is called as prompts complete (after each `generate` call, or as each prompt's last row
-        finishes with `refill`) with the number of prompts sampled so far.
+        of `completion`); `finished` says a stop token or a stop string was produced, `stop_token_id`
+        which stop token it was. `progress(done, total)` is called as prompts complete (after each
+        `generate` call, or as each prompt's last row finishes with `refill`) with the number of prompts
+        sampled so far.
         """
         self._check_arguments(prompts, round_index, meta, prompt_indices)
         if prompt_indices is None:
@@ -194,10 +195,11 @@ class Sampler:
             prompt_meta = meta[position] if meta is not None else {}
             for j in range(self.config.num_samples):
                 # Greedy draws the same completion k times: it was generated once.
-                text, ids, finished = self._finish(rows[position][j % len(rows[position])])
+                text, ids, finished, stop_token = self._finish(rows[position][j % len(rows[position])])
                 samples.append(Sample(prompt=prompt, completion=text, prompt_index=prompt_indices[position],
                                       sample_index=j, completion_ids=ids, finished=finished,
-                                      meta=dict(prompt_meta), messages=self.renderer.conversation(prompt)))
+                                      meta=dict(prompt_meta), messages=self.renderer.conversation(prompt),
+                                      stop_token_id=stop_token))
         return samples
 
     def _rows_per_prompt(self) -> int:
@@ -229,8 +231,9 @@ class Sampler:
 
         return decoder.run(prompts, seeds, on_prompt_done=None if report is None else prompt_done)
 
-    def _finish(self, row: list[int]) -> tuple[str, list[int], bool]:
-        """Cut one generated row at its stop token (everything after it is padding) and at the first stop string."""
+    def _finish(self, row: list[int]) -> tuple[str, list[int], bool, int | None]:
+        """Cut one generated row at its stop token (everything after it is padding) and at the first stop
+        string: (text, ids, finished, the stop token that ended it or None)."""
         eos = set(self.eos_token_ids)
         end = next((t for t, token in enumerate(row) if token in eos), None)
         finished = end is not None
@@ -239,13 +242,13 @@ class Sampler:
         hits = [text.find(s) for s in self.config.stop_strings or ()]
         hits = [h for h in hits if h >= 0]
         if not hits:
-            return text, ids, finished
+            return text, ids, finished, None if end is None else row[end]
         text = text[: min(hits)]
         # A token may straddle the stop string; keep the ids whose text lies wholly inside the completion.
         n = len(ids)
         while n > 0 and not text.startswith(self.tokenizer.decode(ids[:n], skip_special_tokens=True)):
             n -= 1
-        return text, ids[:n], True
+        return text, ids[:n], True, None
 
     def _check_arguments(self, prompts, round_index, meta, prompt_indices) -> None:
         problems = Problems("Sampler.sample arguments")

@@ -15,6 +15,9 @@ runs the completion against the sample's unit tests in a sandbox (see `code_veri
 `code_sandbox`); `regex_match` builds format checks. Reward models and LLM judges are
 user callables, passed directly or as a "package.module:function" string.
 
+`RewardFunctions` (reward functions in TRL's GRPO convention, with weights) take a scorer's place
+everywhere a scorer goes: `score_samples` hands them their batch (`reward_functions`).
+
 `score_samples` is the only place that calls a scorer. By default it scores each sample alone in a
 forked worker process under a hard wall-clock timeout (`pool`): a sample past the timeout
 scores 0.0 and is counted, a worker that crashes costs one sample, never the run. With
@@ -32,7 +35,6 @@ Not here: async scoring, caching.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import re
@@ -42,6 +44,7 @@ from typing import Any
 from itersft.sampling.samples import Sample
 from itersft.scoring.code_verifier import code
 from itersft.scoring.final_answer import final_answer
+from itersft.scoring.import_path import import_object, is_import_path
 from itersft.scoring.math_verifier import math_answer
 from itersft.scoring.pool import (
     ScorerOutputError,
@@ -52,7 +55,8 @@ from itersft.scoring.pool import (
     scorer_name,
     to_score,
 )
-from itersft.scoring.report import ScoringReport
+from itersft.scoring.report import ScoringReport, describe_sample
+from itersft.scoring.reward_functions import RewardFunctions
 
 __all__ = ["BUILTIN_SCORERS", "Scorer", "ScoringReport", "exact_match", "numeric", "numeric_answer", "regex_match",
            "resolve_scorer", "score_samples", "validate_meta", "extract_number"]
@@ -187,25 +191,22 @@ BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": num
 
 
 def resolve_scorer(spec: Scorer | str) -> Scorer:
-    """Turn `spec` into a scorer: a callable (returned as is), a `BUILTIN_SCORERS` name, or a
-    "package.module:function" import path (imported only now, so the CLI stays fast)."""
+    """Turn `spec` into a scorer: a callable or `RewardFunctions` (returned as is), a `BUILTIN_SCORERS`
+    name, or a "package.module:function" import path (imported only now, so the CLI stays fast)."""
     accepted = (
         f"a callable, a built-in name ({', '.join(sorted(BUILTIN_SCORERS))}) "
         "or an import path 'package.module:function'"
     )
-    if callable(spec):
+    if callable(spec) or isinstance(spec, RewardFunctions):
         return spec
     if not isinstance(spec, str):
         raise ValueError(f"`scorer` must be {accepted}; got {spec!r} of type {type(spec).__name__}")
     if spec in BUILTIN_SCORERS:
         return BUILTIN_SCORERS[spec]
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
+    if not is_import_path(spec):
         raise ValueError(f"`scorer` must be {accepted}; got {spec!r}")
     try:
-        target: Any = importlib.import_module(module_name)
-        for attr in attr_path.split("."):
-            target = getattr(target, attr)
+        target = import_object(spec)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"`scorer` {spec!r} could not be imported ({exc}); expected {accepted}") from exc
     if not callable(target):
@@ -258,21 +259,24 @@ def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False
     samples are passed as None for those samples. With `fail_fast=True` an error is raised instead,
     as a RuntimeError naming the scorer and the first sample that fails alone (timeouts still score
     0.0). An output that is not one number (or None) per completion (`ScorerOutputError`, a
-    ValueError) always raises, naming the sample.
+    ValueError) always raises, naming the sample. `RewardFunctions` score their way (chunks of
+    samples per call, each function's reward in `sample.rewards`; see `reward_functions`).
     """
     options = options or ScoringOptions()
     name = scorer_name(scorer)
     report = ScoringReport()
     if not samples:
         return report
-    if options.in_process:
+    if isinstance(scorer, RewardFunctions):
+        results = scorer.score(samples, options, report, fail_fast)
+    elif options.in_process:
         try:
             values = _call(scorer, samples)
         except ScorerOutputError:
             raise
         except Exception as exc:
             values = _score_one_by_one(scorer, samples, report, fail_fast, exc)
-        results = [to_score(value, name, f"the sample with {_where(sample)}")
+        results = [to_score(value, name, f"the sample with {describe_sample(sample)}")
                    for sample, value in zip(samples, values, strict=True)]
     else:
         results = _score_in_workers(scorer, samples, options, report, fail_fast)
@@ -306,16 +310,16 @@ def _score_in_workers(scorer: Scorer, samples: list[Sample], options: ScoringOpt
                               stop_on_error=fail_fast)
     for sample, outcome in zip(samples, outcomes, strict=True):
         if outcome is not None and outcome.status == "output_error":
-            raise ScorerOutputError(f"{outcome.message} (on the sample with {_where(sample)})")
+            raise ScorerOutputError(f"{outcome.message} (on the sample with {describe_sample(sample)})")
     results: list[tuple[float | None, bool]] = []
     for sample, outcome in zip(samples, outcomes, strict=True):
         if outcome is None:  # not run: scoring stopped at a failure (fail_fast), raised below
             continue
         if outcome.status in ("error", "crashed"):
             if fail_fast:
-                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with {_where(sample)}: "
+                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with {describe_sample(sample)}: "
                                    f"{outcome.message}")
-            _record_error(report, sample, outcome.message)
+            report.record_error(sample, outcome.message)
             results.append((None, True))
         elif outcome.status == "timed_out":
             report.timed_out += 1
@@ -346,9 +350,9 @@ def _score_one_by_one(
         except Exception as exc:
             if fail_fast:
                 raise RuntimeError(
-                    f"scorer {name} raised on the sample with {_where(sample)}: {type(exc).__name__}: {exc}"
+                    f"scorer {name} raised on the sample with {describe_sample(sample)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            _record_error(report, sample, f"{type(exc).__name__}: {exc}")
+            report.record_error(sample, f"{type(exc).__name__}: {exc}")
             values.append(None)
     if fail_fast:  # no sample fails alone: the failure needs the whole batch, so report it as such
         raise RuntimeError(
@@ -357,14 +361,3 @@ def _score_one_by_one(
         ) from batch_exc
     return values
 
-
-def _where(sample: Sample) -> str:
-    return f"prompt_index={sample.prompt_index}, sample_index={sample.sample_index}"
-
-
-def _record_error(report: ScoringReport, sample: Sample, message: str | None) -> None:
-    """Count one sample the scorer raised (or crashed) on, remembering the first."""
-    report.errors += 1
-    if report.first_error is None:
-        report.first_error = message
-        report.first_error_sample = (sample.prompt_index, sample.sample_index)
