@@ -14,9 +14,9 @@ from itersft.demo.real import REAL_DEMO_HYPERPARAMETERS, RealDemoHyperparameters
 
 
 def test_settings_convert_to_each_fields_type():
-    assert parse_settings(["rounds=4", "learning_rate=2e-6", "bf16=False", "system_prompt=Say a=b.",
+    assert parse_settings(["rounds=4", "learning_rate=2e-6", "precision=fp32", "system_prompt=Say a=b.",
                            "lora_rank=8"]) == {
-        "rounds": 4, "learning_rate": 2e-6, "bf16": False, "system_prompt": "Say a=b.", "lora_rank": 8}
+        "rounds": 4, "learning_rate": 2e-6, "precision": "fp32", "system_prompt": "Say a=b.", "lora_rank": 8}
     assert parse_settings([]) == {}
 
 
@@ -24,7 +24,7 @@ def test_settings_convert_to_each_fields_type():
     ("rounds", "expected NAME=VALUE"),
     ("epochs=2", "NAME one of model, system_prompt"),
     ("rounds=two", "rounds takes an integer, got 'two'"),
-    ("bf16=1", "bf16 takes true or false, got '1'"),
+    ("rounds=1.5", "rounds takes an integer, got '1.5'"),
 ])
 def test_a_bad_setting_is_refused_by_name(setting, named):
     with pytest.raises(SystemExit, match=named):
@@ -34,11 +34,12 @@ def test_a_bad_setting_is_refused_by_name(setting, named):
 def test_out_of_range_settings_are_refused_together():
     with pytest.raises(ValueError) as error:
         dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, rounds=0, temperature=-1.0, lora_rank=-2, model="",
-                            verifier="numeric")
+                            verifier="numeric", precision="float32")
     message = str(error.value)
     for name in ("`rounds` must be an int >= 1", "`temperature` must be a finite number >= 0",
                  "`lora_rank` must be an int >= 0", "`model` must be a non-empty string",
-                 "`verifier` must be one of 'calculation', 'number', got 'numeric'"):
+                 "`verifier` must be one of 'calculation', 'number', got 'numeric'",
+                 "`precision` must be one of 'auto', 'bf16', 'fp32', got 'float32'"):
         assert name in message
     assert RealDemoHyperparameters(temperature=0.0).temperature == 0.0  # greedy sampling is allowed
 

@@ -17,6 +17,7 @@ from itersft.demo.protocol import DemoCallback
 QUICK = {"num_eval": 6, "rounds": 1, "prompts_per_round": 6, "samples_per_prompt": 2, "max_new_tokens": 24,
          "eval_max_new_tokens": 24, "batch_size": 4}
 
+PRECISION_NAMES = {"bf16": "bfloat16 autocast", "fp32": "float32"}
 _PHASES = {"base_eval": "base model", "loop_eval": "after expert iteration", "control_eval": "control"}
 
 
@@ -31,6 +32,9 @@ class RealDemoPrinter(RoundTable, DemoCallback):
         else:
             line = f"{_PHASES[phase]}: held-out accuracy {info['accuracy']:.1%}"
         print(f"{line} ({info['seconds']:.0f}s)", file=self.out, flush=True)
+        if phase == "load":  # which precision runs the demo, and why: it changes what the demo shows
+            print(f"precision: {PRECISION_NAMES[info['precision']]}; {info['precision_reason']}", file=self.out,
+                  flush=True)
 
 
 def main(args) -> int:
@@ -69,14 +73,9 @@ def parse_settings(settings: list[str]) -> dict:
                              f"{', '.join(types)}.")
         kind = types[name]
         try:
-            if kind is bool:
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                overrides[name] = value.lower() == "true"
-            else:
-                overrides[name] = kind(value)
+            overrides[name] = kind(value)
         except ValueError:
-            expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+            expected = {int: "an integer", float: "a number"}.get(kind, "text")
             raise SystemExit(f"itersft demo-real: --set {setting!r}: {name} takes {expected}, "
                              f"got {value!r}.") from None
     return overrides
