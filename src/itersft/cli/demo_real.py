@@ -41,6 +41,7 @@ def main(args) -> int:
     import torch
 
     from itersft.demo.real import REAL_DEMO_HYPERPARAMETERS, run_real_demo
+    from itersft.model_sources import resolve_model_source
 
     # Every usable core by default: the model's matrix products dominate, and the scoring workers
     # (one thread each, see the Makefile's OMP_NUM_THREADS=1) are idle while the model runs.
@@ -49,6 +50,8 @@ def main(args) -> int:
                  **parse_settings(args.settings)}
     try:
         hyperparameters = dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, **overrides)
+        if args.model is not None:
+            resolve_model_source(args.model, argument="--model")
     except ValueError as error:  # checked before the model loads
         raise SystemExit(f"itersft demo-real: {error}") from None
     summary = run_real_demo(args.seed, args.output_dir, hyperparameters, callbacks=[RealDemoPrinter(sys.stdout)])
