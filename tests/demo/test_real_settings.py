@@ -68,3 +68,19 @@ def test_each_verifier_setting_names_a_scorer_the_loop_resolves():
 def test_a_verifier_that_is_not_a_name_is_refused_by_name_too():
     with pytest.raises(ValueError, match=r"`verifier` must be one of 'calculation', 'number', got \['x'\] \(list\)"):
         dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, verifier=["x"])
+
+
+def test_bf16_the_device_cannot_run_stops_the_demo_before_the_model_loads(tmp_path, monkeypatch):
+    from itersft import precision
+    from itersft.demo.real import run_real_demo
+
+    monkeypatch.setattr(precision, "bf16_support", lambda device: precision.Bf16Support(False, False, "none here"))
+    settings = dataclasses.replace(REAL_DEMO_HYPERPARAMETERS, precision="bf16", model=str(tmp_path / "no-such-model"))
+    with pytest.raises(ValueError, match=r"^`precision`='bf16', but cpu cannot run bfloat16 \(none here\)"):
+        run_real_demo(0, tmp_path / "run", settings)
+
+
+def test_every_setting_converts_from_text():
+    """`parse_settings` converts by calling the field's type: right for str, int and float; a bool field would
+    turn "false" into True, so none may be added without teaching it booleans."""
+    assert {type(f.default) for f in dataclasses.fields(RealDemoHyperparameters)} == {str, int, float}
