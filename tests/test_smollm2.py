@@ -21,10 +21,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.cli.demo_real import PRECISION_NAMES
 from itersft.data.chat import end_of_turn_token_id
 from itersft.demo.calculation_check import checked_calculation
 from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+from itersft.precision import choose_precision
 from itersft.sampling.prompts import PromptRenderer
 from itersft.sampling.sampler import SamplingConfig
 from itersft.trainer.setup import load_model, load_tokenizer
@@ -152,6 +154,8 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "eval acc" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
+    auto = choose_precision("auto", "cpu")  # the demo's default, decided as this process decides it
+    assert f"precision: {PRECISION_NAMES[auto.name]}; {auto.reason}\n" in result.stdout
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -174,6 +178,7 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
         # The loop's verifier is the calculation check, not the number alone.
         assert checked_calculation([None], [sample["completion"]], [sample["meta"]["answer"]]) == [1.0]
     assert summary["hyperparameters"]["verifier"] == "calculation"
+    assert summary["precision"] == {"name": auto.name, "reason": auto.reason}
     identity = json.loads((tmp_path / "run_identity.json").read_text())["identity"]
     assert identity["scorer"] == "itersft.demo.calculation_check:checked_calculation"  # what the loop was given
 

@@ -21,7 +21,7 @@ def main(args) -> int:
     from itersft import IterativeSFTTrainer
     from itersft.loop.expert_iteration import ExpertIteration
     from itersft.loop.run_dir import check_output_dir
-    from itersft.model_sources import load_tokenizer_from
+    from itersft.model_sources import load_tokenizer_from, resolve_model_source
     from itersft.scoring.scorers import validate_meta
 
     # The installed `itersft` script starts with its own folder on sys.path, not the working directory:
@@ -47,6 +47,10 @@ def main(args) -> int:
         loop_config = dataclasses.replace(loop_config, resume_changed=True)
     if main_process:  # before anything loads: a run that could not save its first checkpoint fails now
         check_output_dir(loop_config.output_dir)
+    # A model path with a typo is named as the user wrote it (`--model` or the config's `model:`), not
+    # reported by transformers as a bad hub id once the tokenizer loads.
+    model_argument = "--model" if args.model else "model:"
+    resolve_model_source(config["model"], training_args.model_init_kwargs, model_argument)
     # Everything that can be checked without the model is checked before it loads: the scorer (or reward
     # functions) and the metadata it needs, then (with the tokenizer, which is cheap to load) the prompts' format.
     scorer, reward_funcs = run_config.build_scoring(config)
@@ -54,7 +58,8 @@ def main(args) -> int:
     if eval_prompts:
         validate_meta(scorer or reward_funcs, eval_meta, len(eval_prompts), "eval_prompts")
     tokenizer = load_tokenizer_from(config.get("tokenizer") or config["model"],
-                                    None if config.get("tokenizer") else training_args.model_init_kwargs)
+                                    None if config.get("tokenizer") else training_args.model_init_kwargs,
+                                    "tokenizer:" if config.get("tokenizer") else model_argument)
     run_config.check_prompt_format(sampling, tokenizer, prompts, eval_prompts, [s.prompt for s in labelled or []])
     trainer = IterativeSFTTrainer(config["model"], training_args, tokenizer=tokenizer,
                                   peft_config=run_config.build_peft(config))

@@ -17,11 +17,13 @@
 6. Greedy held-out accuracy of both, and `summary.json` beside the loop's `metrics.jsonl`, `curves.png`
    and `final/`.
 
-Sampling, training and evaluation run under bfloat16 autocast when `bf16` is set: the weights and the
-optimizer state stay float32, matrix products run in bfloat16 (about 1.6x faster on CPUs with
-AVX512-BF16). The demo always runs whole: its control needs every round's samples, which a resumed
-loop would not see again, so a previous run's round checkpoints in `output_dir` are deleted first, and
-its own once the loop is over (`final/` keeps the loop's model).
+Sampling, training and evaluation run in the precision `precision` names, chosen before the model
+loads (`itersft.precision`): by default bfloat16 autocast where the device runs it fast (a GPU with
+native bfloat16, a CPU with AVX512-BF16 or AMX, confirmed by a short measurement), float32 elsewhere;
+under autocast the weights and the optimizer state stay float32. The precision changes what the demo
+shows, not only its speed, so `summary.json` records it. The demo always runs whole: its control needs
+every round's samples, which a resumed loop would not see again, so a previous run's round checkpoints
+in `output_dir` are deleted first, and its own once the loop is over (`final/` keeps the loop's model).
 With `lora_rank` > 0 the loop and the control each train fresh LoRA adapters (the same initialisation)
 on the unchanged base weights instead of every weight. Deliberately left out: a labelled-data control
 (the task has no labelled completions), and a control that also trains on cut-off samples (as drawn,
@@ -36,7 +38,6 @@ import json
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 from itersft.checks import Problems
 from itersft.demo.controls import RandomPick, RecordFinished
 from itersft.demo.protocol import DemoCallback
+from itersft.precision import PRECISIONS
 
 VERIFIERS = {"calculation": "itersft.demo.calculation_check:checked_calculation", "number": "numeric"}
 """The loop's verifier by `RealDemoHyperparameters.verifier`, as scorer specs (`itersft.scoring`)."""
@@ -69,7 +71,9 @@ class RealDemoHyperparameters:
         learning_rate: AdamW learning rate, constant.
         batch_size: samples per optimizer update.
         sampler_batch_size: questions per `generate` call.
-        bf16: bfloat16 autocast for sampling, training and evaluation.
+        precision: "auto" (bfloat16 autocast where the device runs it fast, else float32; see
+            `itersft.precision`), "bf16" (bfloat16 autocast, with a warning where it is slow) or "fp32",
+            for sampling, training and evaluation alike.
         lora_rank: 0 trains every weight; a positive rank trains LoRA adapters of that rank on every linear
             layer instead (alpha twice the rank, no dropout), for the loop and the control alike.
         verifier: what the loop keeps: "calculation" (the right number reached by a written-out, true
@@ -112,7 +116,7 @@ class RealDemoHyperparameters:
     learning_rate: float = 3e-6
     batch_size: int = 8
     sampler_batch_size: int = 32
-    bf16: bool = True
+    precision: str = "auto"
     lora_rank: int = 0
     verifier: str = "calculation"
 
@@ -124,7 +128,7 @@ class RealDemoHyperparameters:
         problems.integer("lora_rank", self.lora_rank, minimum=0)
         problems.number("temperature", self.temperature, minimum=0)  # 0: greedy, the k samples identical
         problems.number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
-        problems.boolean("bf16", self.bf16)
+        problems.choice("precision", self.precision, PRECISIONS)
         problems.choice("verifier", self.verifier, VERIFIERS)
         for name in ("model", "system_prompt"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -153,6 +157,7 @@ def run_real_demo(seed: int, output_dir: str | Path,
     from itersft.filters import BestOfK, Compose, Dedup, Threshold
     from itersft.loop.evaluation import evaluate_prompts
     from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+    from itersft.precision import choose_precision
     from itersft.sampling.sampler import SamplingConfig
 
     started = time.perf_counter()
@@ -183,12 +188,14 @@ def run_real_demo(seed: int, output_dir: str | Path,
                           target_modules="all-linear", task_type="CAUSAL_LM")
 
     phase = time.perf_counter()
-    trainer = IterativeSFTTrainer(hp.model, trainer_config("trainer"), peft_config=adapters())
+    args = trainer_config("trainer")
+    precision = choose_precision(hp.precision, args.device)  # before the model loads: bf16 that cannot run stops here
+    trainer = IterativeSFTTrainer(hp.model, args, peft_config=adapters())
     tokenizer, device_type = trainer.tokenizer, trainer.args.device.type
     # Adapters leave the base weights untouched; full fine-tuning needs them copied to restart the control.
     base_state = None if hp.lora_rank else {k: v.detach().to("cpu", copy=True)
                                             for k, v in trainer.model.state_dict().items()}
-    phase_end("load", phase, model=hp.model)
+    phase_end("load", phase, model=hp.model, precision=precision.name, precision_reason=precision.reason)
 
     task = make_task(seed, num_train=hp.rounds * hp.prompts_per_round, num_eval=hp.num_eval)
     sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
@@ -198,11 +205,8 @@ def run_real_demo(seed: int, output_dir: str | Path,
     eval_prompts = [p.messages() for p in task.eval]
     eval_meta = [p.meta() for p in task.eval]
 
-    def precision():
-        return torch.autocast(device_type, dtype=torch.bfloat16) if hp.bf16 else nullcontext()
-
     def accuracy(trained) -> float:
-        with precision():
+        with precision.autocast(device_type):
             return evaluate_prompts(trained, tokenizer, greedy, "numeric", eval_prompts, eval_meta, pass_score=1.0,
                                     num_samples=0, round_index=0)["eval_accuracy"]
 
@@ -216,7 +220,7 @@ def run_real_demo(seed: int, output_dir: str | Path,
     loop_config = LoopConfig(output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
                              step_size=10**9, seed=seed)
     loop = ExpertIteration(trainer, sampling, VERIFIERS[hp.verifier], record, loop_config, callbacks=callbacks)
-    with precision():
+    with precision.autocast(device_type):
         history = loop.run([p.messages() for p in task.train], [p.meta() for p in task.train])
     loop_updates = trainer.state.global_step
     seconds["loop"] = time.perf_counter() - phase
@@ -235,7 +239,7 @@ def run_real_demo(seed: int, output_dir: str | Path,
     del base_state, loop, trainer  # the loop's optimizer state: the control starts with a fresh one, as the loop did
     control = IterativeSFTTrainer(model, trainer_config("control"), tokenizer=tokenizer, peft_config=adapters())
     pick = RandomPick([m["train_samples"] for m in history], seed)
-    with precision():
+    with precision.autocast(device_type):
         for round_index, finished in enumerate(record.rounds):
             order = shuffled(pick(finished), loop_config.seed, round_index * 1_000)  # the loop's epoch-0 order
             if order:
@@ -248,7 +252,7 @@ def run_real_demo(seed: int, output_dir: str | Path,
 
     seconds["total"] = time.perf_counter() - started
     summary = {
-        "seed": seed, "model": hp.model,
+        "seed": seed, "model": hp.model, "precision": {"name": precision.name, "reason": precision.reason},
         "accuracy_before_loop": base_accuracy, "accuracy_after_loop": loop_accuracy,
         "accuracy_control": control_accuracy,
         "lift_over_base_points": 100 * (loop_accuracy - base_accuracy),

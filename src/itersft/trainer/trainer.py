@@ -54,6 +54,7 @@ from itersft.data.truncate import truncate_examples
 from itersft.data.user_collator import TensorFeatures, check_collator, samples_carry_labels
 from itersft.data.validate import validate_step_input
 from itersft.distributed import Ranks
+from itersft.precision import check_trainer_precision
 from itersft.trainer import checkpoint as checkpoints
 from itersft.trainer import hooks, optimization, transformers_private
 from itersft.trainer.context import trainer_loss, update_context
@@ -154,6 +155,7 @@ class IterativeSFTTrainer(Trainer):
         tokenizer = tokenizer if tokenizer is not None else processing_class
         args, self.settings = resolve_settings(args, max_length=max_length, truncation_mode=truncation_mode,
                                                optimize_device_cache=optimize_device_cache)
+        check_trainer_precision(args)  # before the model loads: bf16 that cannot run is refused, slow bf16 warned of
         if model is None:
             raise ValueError("`model` is required: a PreTrainedModel, or a hub id or local path to load.")
         model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
