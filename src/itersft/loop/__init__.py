@@ -3,9 +3,10 @@
 `ExpertIteration` (`expert_iteration`) receives a trainer, a `SamplingConfig`, a scorer and a filter,
 and runs rounds configured by `LoopConfig`; `LoopCallback`s watch it. For convenience the parts it is
 composed from are exported here too, from the packages that own them: the sampler (`itersft.sampling`),
-the scorers (`itersft.scoring`) and the filters (`itersft.filters`). The loop's own modules: the replay
-buffer (`buffer`), per-round metrics (`metrics`), held-out evaluation (`evaluation`), the run directory
-(`run_dir`, `full_disk`, `curves`) and the run's identity (`run_identity`).
+the scorers (`itersft.scoring`) and the filters (`itersft.filters`). The loop's own modules: the checks
+of its inputs (`inputs`), sampling and scoring for rounds and evaluation alike (`sample_and_score`), the
+replay buffer (`buffer`), per-round metrics (`metrics`), held-out evaluation (`evaluation`), the run
+directory (`run_dir`, `full_disk`, `curves`) and the run's identity (`run_identity`).
 """
 
 from __future__ import annotations
