@@ -9,7 +9,7 @@ A cell holding a string is a text prompt, one holding a list of `{role, content}
 prompt (`itersft.sampling.prompts`: known roles, a user turn last). Whether text prompts get the chat
 template, and a system prompt, are `sampling.chat_template` (true | false | auto) and
 `sampling.system_prompt`: the sampling settings say how prompts are shown to the model, and the
-loop trains in the format it sampled in. All of this is checked before any model loads.
+loop trains in the format it sampled in. `itersft run` checks all of this before any model loads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 from itersft import filters as filter_module
 from itersft.config import IterativeSFTConfig
 from itersft.loop.expert_iteration import LoopConfig
-from itersft.sampling.prompts import Prompt, check_format, check_prompts
+from itersft.sampling.prompts import Prompt, check_prompts
 from itersft.sampling.sampler import SamplingConfig
 from itersft.sampling.samples import Sample
 
@@ -124,12 +124,6 @@ def read_labelled(spec: dict[str, Any]) -> list[Sample]:
         raise ValueError(f"`labelled` rows {missing[:10]} have no `{completion_field}` field (set `completion_field`).")
     return [Sample(prompt=prompt, completion=str(row[completion_field]), prompt_index=i, sample_index=0)
             for i, (prompt, row) in enumerate(zip(prompts, rows))]
-
-
-def check_prompt_format(sampling: SamplingConfig, tokenizer, *prompt_lists: list[Prompt] | None) -> None:
-    """Refuse, before the model loads, a prompt format the tokenizer cannot give (`itersft.sampling.prompts`)."""
-    every_prompt = [prompt for prompts in prompt_lists if prompts for prompt in prompts]
-    check_format(sampling.chat_template, sampling.system_prompt, every_prompt, tokenizer)
 
 
 def _prompt_column(section: str, spec: dict[str, Any], rows: list[dict]) -> list[Prompt]:
