@@ -86,8 +86,7 @@ def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
     assert [json.loads(line)["round"] for line in lines] == [0, 1]
     for m in history:
         assert m["samples_drawn"] == 6 * 3
-        assert m["samples_kept"] == sum(1 for _ in _accepted(tmp_path, m["round"])) + m["samples_unfinished"]
-        assert m["train_samples"] == m["samples_kept"] - m["samples_unfinished"]
+        assert m["samples_kept"] == m["train_samples"] == len(_accepted(tmp_path, m["round"]))
         assert 0.0 <= m["eval_accuracy"] <= 1.0
         assert {"acceptance_rate", "kept_reward_mean", "distinct_2", "pass@1", "pass@k", "train_loss"} <= m.keys()
         # Every drawn sample, in the samples file; the kept ones are exactly those trained on (accepted/).
@@ -150,8 +149,7 @@ def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_di
     history = loop.run(PROMPTS, _meta())
     first, second = history
     assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
-    kept_first = first["samples_kept"] - first["samples_unfinished"]
-    kept_second = second["samples_kept"] - second["samples_unfinished"]
+    kept_first, kept_second = first["samples_kept"], second["samples_kept"]
     assert first["train_samples"] == 2 * kept_first  # no buffer yet; labelled = generated at ratio 0.5
     assert second["train_samples"] == 2 * (kept_second + min(2, kept_first))
     assert len(loop.buffer) == kept_first + kept_second

@@ -296,11 +296,21 @@ def test_scores_are_overwritten_not_left_stale(options):
     assert samples[0].score is None
 
 
-def test_empty_batch_does_not_call_scorer():
-    def never(*args, **kwargs):
-        raise AssertionError("called")
+@MODES
+def test_empty_batch_does_not_call_scorer(options):
+    """Not even its `warm_up` (which runs here, in this process, before any worker starts)."""
+    calls = []
 
-    assert score_samples(never, []) == ScoringReport()
+    class Recording:
+        def warm_up(self):
+            calls.append("warm_up")
+
+        def __call__(self, prompts, completions, **meta):
+            calls.append("call")
+            return [1.0] * len(completions)
+
+    assert score_samples(Recording(), [], options=options) == ScoringReport()
+    assert calls == []
 
 
 def test_validate_meta_names_every_bad_row():

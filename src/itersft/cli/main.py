@@ -1,5 +1,6 @@
 """`itersft` entry point: a table of subcommands; each imports its heavy dependencies only when run,
-so `itersft --help` answers instantly."""
+so `itersft --help` answers instantly. A bad config or bad input (`cli.bad_input`) is one message on
+stderr and exit status 2; `--debug` shows its traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from itersft.cli.bad_input import BadInputError
 
 # name -> (module with `add_arguments(parser)` and `main(args)`, one-line help)
 COMMANDS = {
@@ -27,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         # Argument definitions live beside each command but import nothing heavy.
         importlib.import_module(f"{module}_args").add_arguments(sub)
+        sub.add_argument("--debug", action="store_true",
+                         help="Show the traceback of a bad-config or bad-input error, not just its message.")
     return parser
 
 
@@ -40,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()
     module = importlib.import_module(COMMANDS[args.command][0])
-    return module.main(args) or 0
+    try:
+        return module.main(args) or 0
+    except BadInputError as error:  # the user's config or input failed a check: the message says which
+        if args.debug:
+            raise
+        print(f"itersft {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ import yaml
 from itersft import filters as filter_module
 from itersft.config import IterativeSFTConfig
 from itersft.loop.expert_iteration import LoopConfig
-from itersft.sampling.prompts import Prompt, check_format
 from itersft.sampling.sampler import SamplingConfig
 from itersft.scoring.reward_functions import RewardFunctions
 from itersft.scoring.scorer_choice import choose_scorer
 from itersft.tasks.prompt_sources import describe_sources, read_labelled, read_prompts
 
 __all__ = ["build_dataclass", "build_filter", "build_loop", "build_peft", "build_sampling", "build_scoring",
-           "build_training_args", "check_prompt_format", "describe_sources", "load_config", "read_labelled",
+           "build_training_args", "describe_sources", "load_config", "read_labelled",
            "read_prompts"]
 
 SECTIONS = {"model", "tokenizer", "output_dir", "prompts", "eval_prompts", "labelled", "scorer", "reward_funcs",
@@ -111,12 +110,6 @@ def build_peft(config: dict[str, Any]):
     from peft import LoraConfig
 
     return build_dataclass("peft", LoraConfig, config["peft"])
-
-
-def check_prompt_format(sampling: SamplingConfig, tokenizer, *prompt_lists: list[Prompt] | None) -> None:
-    """Refuse, before the model loads, a prompt format the tokenizer cannot give (`itersft.sampling.prompts`)."""
-    every_prompt = [prompt for prompts in prompt_lists if prompts for prompt in prompts]
-    check_format(sampling.chat_template, sampling.system_prompt, every_prompt, tokenizer)
 
 
 def _check_keys(section: str, values: dict, allowed: set[str]) -> None:

@@ -27,8 +27,8 @@ in `output_dir` are deleted first, and its own once the loop is over (`final/` k
 With `lora_rank` > 0 the loop and the control each train fresh LoRA adapters (the same initialisation)
 on the unchanged base weights instead of every weight. Deliberately left out: a labelled-data control
 (the task has no labelled completions), and a control that also trains on cut-off samples (as drawn,
-with no end of turn): the loop never trains on those, so it would not isolate the verifier; measured
-once at seeds 0-2 with the calculation check, it reached 42.2%, 44.3% and 44.3%.
+with no end of turn): the loop never trains on those, so it would not isolate the verifier. Every
+setting tried, with its result, is in benchmarks/RESULTS.md ("Real-model demo: settings tried").
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from itersft.checks import Problems
-from itersft.demo.controls import RandomPick, RecordFinished
+from itersft.demo.controls import RandomPick, RecordRounds, control_step_calls
 from itersft.demo.protocol import DemoCallback
 from itersft.precision import PRECISIONS
 
@@ -79,28 +79,6 @@ class RealDemoHyperparameters:
         verifier: what the loop keeps: "calculation" (the right number reached by a written-out, true
             calculation: `itersft.demo.calculation_check`) or "number" (the right last number, the built-in
             `numeric`). Held-out accuracy always checks the number alone.
-
-    Measured on 2 CPU cores with 192 held-out questions; loop / control accuracy, then the lifts over the
-    base model / over the control in points. These settings: seed 0 (base model 31.8%) 57.8% / 33.3% (+26.0
-    / +24.5); seed 1 (base 37.5%) 59.4% / 35.9% (+21.9 / +23.5); seed 2 (base 39.6%) 56.3% / 55.7% (+16.7 /
-    +0.5); seeds 3 and 4, first run after the calculation check was chosen: (base 29.2%) 69.3% / 41.7%
-    (+40.1 / +27.6) and (base 26.0%) 56.8% / 31.2% (+30.7 / +25.5); at seed 2 with batch 4 (twice the
-    updates) 42.7% / 42.2%, with 5 rounds 48.4% / 52.1%. With `verifier="number"` (the earlier default),
-    seed 0: 4 rounds 52.1% / 30.2% (+20.3 / +21.9); 3 rounds 52.6% / 35.9%; 5 rounds 50.0% / 24.5%; 2 rounds
-    at 5e-6 51.6% / 37.0%; 3 rounds at 5e-6 43.2% / 24.5%; 3 rounds of 128 questions at 5e-6 (37 updates)
-    18.8% / 2.6%; 3 rounds at 5e-6 with k = 8, one kept answer 47.9% / 43.2%; batch 4 32.8% / 24.5%. Seed 1,
-    each differing from 3 rounds at these settings in what it names: 3 rounds 56.8% / 39.6%; 4 rounds 58.9%
-    / 39.1% (+21.4 / +19.8); 5 rounds 57.3% / 31.3%; lr 5e-6 58.3% / 36.5%; temperature 0.5 55.2% / 42.7%;
-    batch 16 at 6e-6 58.3% / 47.9%; up to 4 kept answers 57.3% / 52.6%; LoRA rank 16 at 1e-4 51.0% / 40.6%;
-    temperature 1.0 drew about half as many correct samples (pass@1 0.09-0.11 against 0.18-0.23) and was
-    stopped. Seed 2: 4 rounds 55.7% / 59.4% (+16.1 / -3.7). So at 4 rounds, with either verifier, the loop
-    gains 16-40 points at every seed while the control, trained on its own unverified samples, lands
-    anywhere from 24% to 59%: on this task much of the loop's gain also comes from training on the model's
-    own finished answers, and the verifier's extra varies from seed to seed (0.5-28 points with the
-    calculation check, 20 on average over seeds 0-4). Greedy answers that write the calculation ("3 x 7 =
-    21") are right 48-91% of the time, answers that state a number directly 2-18%; 41-48% of the base
-    model's held-out answers write no calculation, 15-41% after the loop. One held-out question is half a
-    point; the settings were chosen on seeds 0 and 1, the calculation check after seeing seeds 0-2.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -152,7 +130,6 @@ def run_real_demo(seed: int, output_dir: str | Path,
     import torch
 
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
-    from itersft.data.batching import shuffled
     from itersft.demo.word_problems import make_task
     from itersft.filters import BestOfK, Compose, Dedup, Threshold
     from itersft.loop.evaluation import evaluate_prompts
@@ -215,8 +192,8 @@ def run_real_demo(seed: int, output_dir: str | Path,
     phase_end("base_eval", phase, accuracy=base_accuracy)
 
     phase = time.perf_counter()
-    record = RecordFinished(Compose(Threshold(1.0), Dedup(), BestOfK(hp.kept_per_prompt)))
-    # step_size covers a whole round, so each round is one step() call: the control repeats exactly that.
+    record = RecordRounds(Compose(Threshold(1.0), Dedup(), BestOfK(hp.kept_per_prompt)))
+    # step_size covers a whole round: each round is one step() call.
     loop_config = LoopConfig(output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
                              step_size=10**9, seed=seed)
     loop = ExpertIteration(trainer, sampling, VERIFIERS[hp.verifier], record, loop_config, callbacks=callbacks)
@@ -229,6 +206,8 @@ def run_real_demo(seed: int, output_dir: str | Path,
     phase = time.perf_counter()
     loop_accuracy = accuracy(trainer.model)
     phase_end("loop_eval", phase, accuracy=loop_accuracy)
+    # The control's step() calls: as many unverified samples from each round, in the calls the loop makes.
+    control_calls = control_step_calls(loop, record.rounds, RandomPick([m["train_samples"] for m in history], seed))
 
     phase = time.perf_counter()
     if hp.lora_rank:
@@ -238,12 +217,9 @@ def run_real_demo(seed: int, output_dir: str | Path,
         model.load_state_dict(base_state)
     del base_state, loop, trainer  # the loop's optimizer state: the control starts with a fresh one, as the loop did
     control = IterativeSFTTrainer(model, trainer_config("control"), tokenizer=tokenizer, peft_config=adapters())
-    pick = RandomPick([m["train_samples"] for m in history], seed)
     with precision.autocast(device_type):
-        for round_index, finished in enumerate(record.rounds):
-            order = shuffled(pick(finished), loop_config.seed, round_index * 1_000)  # the loop's epoch-0 order
-            if order:
-                control.step(messages=[s.training_conversation() for s in order])
+        for arguments in control_calls:
+            control.step(**arguments)
     phase_end("control", phase, updates=control.state.global_step)
 
     phase = time.perf_counter()

@@ -4,9 +4,10 @@
 functions in TRL's convention) and a filter, and runs rounds configured by `LoopConfig`; `LoopCallback`s
 watch it. For convenience the parts it is composed from are exported here too, from the packages that
 own them: the sampler (`itersft.sampling`), the scorers and reward functions (`itersft.scoring`), the
-filters (`itersft.filters`) and prompts from a `datasets.Dataset` (`itersft.tasks`). The loop's own modules: the replay
-buffer (`buffer`), per-round metrics (`metrics`), held-out evaluation (`evaluation`), the run directory
-(`run_dir`, `full_disk`, `curves`) and the run's identity (`run_identity`).
+filters (`itersft.filters`) and prompts from a `datasets.Dataset` (`itersft.tasks`). The loop's own
+modules: the checks of its inputs (`inputs`), sampling and scoring for rounds and evaluation alike
+(`sample_and_score`), the replay buffer (`buffer`), per-round metrics (`metrics`), held-out evaluation
+(`evaluation`), the run directory (`run_dir`, `full_disk`, `curves`) and the run's identity (`run_identity`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,19 @@
-"""`LoopConfig`: how the expert-iteration loop runs, every setting checked when it is built."""
+"""`LoopConfig`: how the expert-iteration loop runs, every setting checked when it is built.
+
+A field declared with `metadata={"identity": False}` (`OUTSIDE_IDENTITY`) does not change what a run
+samples, keeps or trains, so a rerun may change it and still resume (`run_identity`).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from itersft.checks import Problems
 from itersft.loop.buffer import check_labelled_ratio
 from itersft.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
+
+OUTSIDE_IDENTITY = {"identity": False}
 
 
 @dataclass
@@ -59,8 +65,8 @@ class LoopConfig:
             logged as a warning and recorded in `run_identity.json`. `itersft run --resume-changed`.
     """
 
-    output_dir: str
-    rounds: int = 4
+    output_dir: str = field(metadata=OUTSIDE_IDENTITY)
+    rounds: int = field(default=4, metadata=OUTSIDE_IDENTITY)
     prompts_per_round: int | None = None
     train_epochs: int = 1
     step_size: int = 64
@@ -71,14 +77,14 @@ class LoopConfig:
     labelled_ratio: float = 0.0
     pass_score: float = 1.0
     eval_samples: int = 0
-    fail_fast: bool = False
-    score_timeout: float | None = DEFAULT_TIMEOUT
-    score_workers: int | None = None
-    score_in_process: bool = False
+    fail_fast: bool = field(default=False, metadata=OUTSIDE_IDENTITY)
+    score_timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=OUTSIDE_IDENTITY)
+    score_workers: int | None = field(default=None, metadata=OUTSIDE_IDENTITY)
+    score_in_process: bool = field(default=False, metadata=OUTSIDE_IDENTITY)
     seed: int = 0
-    keep_rounds: int | None = 2
-    write_samples: bool = True
-    resume_changed: bool = False
+    keep_rounds: int | None = field(default=2, metadata=OUTSIDE_IDENTITY)
+    write_samples: bool = field(default=True, metadata=OUTSIDE_IDENTITY)
+    resume_changed: bool = field(default=False, metadata=OUTSIDE_IDENTITY)
 
     def __post_init__(self) -> None:
         problems = Problems("LoopConfig")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import StopStringCriteria
@@ -63,6 +63,7 @@ class SamplingConfig:
         top_k: keep only the k most likely tokens; 0 = off.
         batch_size: prompts decoded at once, each with `num_samples` rows (one row when greedy): with
             `generate`, prompts per call; with `refill`, the batch holds at most this many prompts' rows.
+            It does not change what is sampled, so it is not part of a loop run's identity (`run_identity`).
         seed: base seed; with the round, prompt index and sample index it fixes every draw.
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
         chat_template: whether plain string prompts go through the tokenizer's chat template as the user
@@ -82,7 +83,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata={"identity": False})
     seed: int = 0
     stop_strings: list[str] | None = None
     chat_template: bool | str = "auto"
