@@ -125,7 +125,7 @@ def test_the_settings_outside_a_runs_identity_are_those_their_fields_declare(tmp
 
     assert outside_identity(LoopConfig(output_dir=str(tmp_path))) == {
         "output_dir", "rounds", "fail_fast", "score_timeout", "score_workers", "score_in_process", "keep_rounds",
-        "resume_changed"}
+        "write_samples", "resume_changed"}
     assert outside_identity(SamplingConfig()) == {"batch_size"}
     training = outside_identity(IterativeSFTConfig(output_dir=str(tmp_path), report_to="none"))
     assert {"optimize_device_cache", "logging_steps", "output_dir", "report_to", "eval_steps", "save_strategy",

@@ -14,7 +14,8 @@ from itersft.cli.table import RoundTable
 from itersft.demo.protocol import DemoCallback
 
 # `--quick`: the same protocol at a size a test can afford (about a minute, most of it loading the model).
-QUICK = {"num_eval": 6, "rounds": 1, "prompts_per_round": 6, "samples_per_prompt": 2, "max_new_tokens": 24,
+# Answers as long as the real demo's (a cut-off one is never trained) and 32 of them, so that some pass.
+QUICK = {"num_eval": 6, "rounds": 1, "prompts_per_round": 8, "samples_per_prompt": 4, "max_new_tokens": 48,
          "eval_max_new_tokens": 24, "batch_size": 4}
 
 PRECISION_NAMES = {"bf16": "bfloat16 autocast", "fp32": "float32"}
