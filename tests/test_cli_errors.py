@@ -43,7 +43,8 @@ def test_a_missing_config_file_and_a_missing_prompts_file(tmp_path, capsys):
     message = _error(capsys, ["run", str(tmp_path / "missing.yaml")])
     assert message == f"itersft run: error: [Errno 2] No such file or directory: '{tmp_path / 'missing.yaml'}'"
     message = _error(capsys, ["run", _config(tmp_path, prompts={"path": str(tmp_path / "missing.jsonl")})])
-    assert message.endswith(f"No such file or directory: '{tmp_path / 'missing.jsonl'}'")
+    assert message == (f"itersft run: error: `prompts`: `path` '{tmp_path / 'missing.jsonl'}' is no file or folder "
+                       "here; a dataset on the hub is given as `dataset: <name>`.")
 
 
 def test_a_bad_scorer_name(tmp_path, capsys):
@@ -52,9 +53,13 @@ def test_a_bad_scorer_name(tmp_path, capsys):
 
 
 def test_the_loops_own_input_checks_run_before_the_model_loads(tmp_path, capsys, causal_dir):
-    """`labelled_ratio` without labelled data is the loop's check (`check_inputs`); the model does not exist,
-    so an error about anything else would mean the CLI had skipped it or tried to load the model first."""
-    message = _error(capsys, ["run", _config(tmp_path, tokenizer=str(causal_dir), loop={"labelled_ratio": 0.5})])
+    """`labelled_ratio` without labelled data is the loop's check (`check_inputs`); the model's folder holds
+    an empty config.json, so an error about anything else would mean the CLI had skipped the check or tried
+    to load the model first."""
+    (tmp_path / "unloadable").mkdir()
+    (tmp_path / "unloadable" / "config.json").write_text("{}")
+    message = _error(capsys, ["run", _config(tmp_path, model=str(tmp_path / "unloadable"), tokenizer=str(causal_dir),
+                                             loop={"labelled_ratio": 0.5})])
     assert message == "itersft run: error: `labelled_ratio` > 0 needs `labelled` samples to mix in."
 
 

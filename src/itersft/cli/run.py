@@ -51,13 +51,13 @@ def main(args) -> int:
         filters = run_config.build_filter(config)
         if main_process:  # before anything loads: a run that could not save its first checkpoint fails now
             check_output_dir(loop_config.output_dir)
-        # A model path with a typo is named as the user wrote it (`--model` or the config's `model:`), not
-        # reported by transformers as a bad hub id once the tokenizer loads.
+        # Everything that can be checked without the model is checked before it loads: the scorer (or reward
+        # functions); the model's name (a path with a typo is named as the user wrote it, `--model` or the
+        # config's `model:`, not reported by transformers as a bad hub id once the tokenizer loads); then,
+        # with the tokenizer (cheap to load), the loop's own checks of its inputs.
+        scorer, reward_funcs = run_config.build_scoring(config)
         model_argument = "--model" if args.model else "model:"
         resolve_model_source(config["model"], training_args.model_init_kwargs, model_argument)
-        # Everything that can be checked without the model is checked before it loads: the scorer (or reward
-        # functions), then (with the tokenizer, which is cheap to load) the loop's own checks of its inputs.
-        scorer, reward_funcs = run_config.build_scoring(config)
         tokenizer = load_tokenizer_from(config.get("tokenizer") or config["model"],
                                         None if config.get("tokenizer") else training_args.model_init_kwargs,
                                         "tokenizer:" if config.get("tokenizer") else model_argument)
