@@ -24,6 +24,7 @@ from itersft.scoring.scorers import (
     ScoringReport,
     exact_match,
     extract_number,
+    final_number_text,
     numeric,
     numeric_answer,
     regex_match,
@@ -31,6 +32,7 @@ from itersft.scoring.scorers import (
     score_samples,
     validate_meta,
 )
+from itersft.tasks.reasoning_gym import reasoning_gym_fallback, reasoning_gym_strict
 
 IN_PROCESS = ScoringOptions(timeout=None, in_process=True)
 MODES = pytest.mark.parametrize("options", [IN_PROCESS, ScoringOptions(timeout=10, workers=2)],
@@ -73,6 +75,14 @@ def make(completions, answers=None, prompt="p"):
 )
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("It costs $1,234 in total", "1234"), ("#### -1,000", "-1000"), ("x = 3.50", "3.50"), ("no digits", None),
+    ("so 123456789012345678901", "123456789012345678901"),  # exact, where a float would round it
+])
+def test_final_number_text_is_the_number_as_written(text, expected):
+    assert final_number_text(text) == expected
 
 
 def test_exact_match_strips_and_stringifies():
@@ -119,7 +129,8 @@ def test_resolve_scorer_forms():
     assert resolve_scorer("itersft.scoring.scorers:exact_match") is exact_match
     assert resolve_scorer("math:isclose") is math.isclose
     assert BUILTIN_SCORERS == {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
-                               "math": math_answer, "code": code}
+                               "math": math_answer, "code": code, "reasoning_gym": reasoning_gym_strict,
+                               "reasoning_gym_fallback": reasoning_gym_fallback}
     assert numeric_answer is numeric  # the earlier name is the same function, not a copy
 
 

@@ -3,7 +3,9 @@
 Every section is checked against the fields of the object it configures; an unknown key is an
 error naming the section, the key and the accepted keys, never silently ignored.
 
-Prompts (`prompts`, `eval_prompts`, `labelled`) come from a JSONL file or a `datasets` dataset. The
+Prompts (`prompts`, `eval_prompts`, `labelled`) come from a JSONL file or a `datasets` dataset;
+`prompts` and `eval_prompts` also from a reasoning-gym task (`{reasoning_gym: {name, size, seed, config}}`,
+see `itersft.tasks.reasoning_gym`; held-out questions that are also training questions are dropped). The
 prompt column is `prompt_field`; left out, it is `prompt` when the first row has one, else `messages`.
 A cell holding a string is a text prompt, one holding a list of `{role, content}` turns is a chat
 prompt (`itersft.sampling.prompts`: known roles, a user turn last). Whether text prompts get the chat
@@ -27,6 +29,7 @@ from itersft.loop.expert_iteration import LoopConfig
 from itersft.sampling.prompts import Prompt, check_format, check_prompts
 from itersft.sampling.sampler import SamplingConfig
 from itersft.sampling.samples import Sample
+from itersft.tasks.reasoning_gym import DEFAULT_SYSTEM_PROMPT, gym_prompts
 
 SECTIONS = {"model", "tokenizer", "output_dir", "prompts", "eval_prompts", "labelled", "scorer", "filters",
             "sampling", "loop", "training", "peft"}
@@ -46,6 +49,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for required in ("model", "output_dir", "prompts", "scorer"):
         if required not in config:
             raise ValueError(f"{path}: `{required}` is required.")
+    sampling = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
+    for section in ("prompts", "eval_prompts"):
+        gym = config[section].get("reasoning_gym") if isinstance(config.get(section), dict) else None
+        if (isinstance(gym, dict) and gym.get("system_prompt", DEFAULT_SYSTEM_PROMPT) is not None
+                and sampling.get("system_prompt") is not None):
+            raise ValueError(f"{path}: `sampling.system_prompt` is set, but `{section}.reasoning_gym` gives its "
+                             "prompts their own (reasoning-gym's `default` unless its `system_prompt` says otherwise), "
+                             "which would win: set `system_prompt: null` there to use yours.")
     return config
 
 
@@ -75,7 +86,9 @@ def describe_sources(config: dict[str, Any]) -> dict[str, str]:
     described = {}
     for section in ("prompts", "eval_prompts", "labelled"):
         spec = config.get(section)
-        if isinstance(spec, dict):
+        if isinstance(spec, dict) and "reasoning_gym" in spec:
+            described[section] = f"reasoning-gym {json.dumps(spec['reasoning_gym'], sort_keys=True)}"
+        elif isinstance(spec, dict):
             where = str(Path(spec["path"]).resolve()) if "path" in spec else f"dataset {spec.get('dataset')!r}"
             options = {k: v for k, v in spec.items() if k not in ("path", "dataset")}
             described[section] = where + (f" {json.dumps(options, sort_keys=True)}" if options else "")
@@ -105,9 +118,16 @@ def build_peft(config: dict[str, Any]):
     return build_dataclass("peft", LoraConfig, config["peft"])
 
 
-def read_prompts(section: str, spec: dict[str, Any]) -> tuple[list[Prompt], list[dict]]:
-    """Prompts (strings or chat messages, checked) and per-prompt metadata from a JSONL file (`path`) or a
-    `datasets` dataset."""
+def read_prompts(section: str, spec: dict[str, Any], held_out_from: list[Prompt] | None = None
+                 ) -> tuple[list[Prompt], list[dict]]:
+    """Prompts (strings or chat messages, checked) and per-prompt metadata from a JSONL file (`path`), a
+    `datasets` dataset or a reasoning-gym task (`reasoning_gym`). A reasoning-gym set drops the questions
+    that are user turns of `held_out_from` (the training prompts, for `eval_prompts`); files and datasets
+    are read as they are."""
+    if isinstance(spec, dict) and "reasoning_gym" in spec:
+        _check_keys(section, spec, {"reasoning_gym"})
+        task = gym_prompts(spec["reasoning_gym"], held_out_from or (), section)
+        return task.prompts, task.meta
     rows = _read_rows(section, spec)
     prompts = _prompt_column(section, spec, rows)
     meta_fields = spec.get("meta_fields", ["answer"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -22,12 +22,15 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
                      meta: list[dict] | None, pass_score: float, num_samples: int, round_index: int,
                      ranks: Ranks | None = None, lockstep: bool = False,
                      progress: Callable[[int, int], None] | None = None,
-                     scoring: ScoringOptions | None = None) -> dict[str, Any]:
+                     scoring: ScoringOptions | None = None,
+                     extra_scorers: Mapping[str, Scorer | str] | None = None) -> dict[str, Any]:
     """Score the model on held-out prompts.
 
     `eval_accuracy`: the share of prompts whose greedy completion scores at least `pass_score`
     (unscorable counts as wrong). With `num_samples` = k > 0, also `eval_pass@1` and `eval_pass@k`
     from k completions per prompt drawn with the loop's sampling settings (unbiased estimator).
+    `extra_scorers` ({name: scorer}): the same greedy completions scored by each of them too, reported as
+    `eval_accuracy_<name>` (a strict and a lenient answer check from one generation, say).
     `eval_samples_timed_out`: samples whose scoring ran past the timeout of `scoring` (they score 0.0).
     Prompts are strings or chat messages, rendered as `sampling` says (`itersft.sampling.prompts`).
     With `ranks`, each process samples and scores a share of the prompts and all get the same metrics;
@@ -38,12 +41,15 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
     scorer = resolve_scorer(scorer)
     timed_out = 0
 
-    def draw_and_score(config: SamplingConfig) -> list:
+    def draw(config: SamplingConfig) -> list:
         offset, share = ranks.block(list(range(len(prompts)))) if ranks else (0, list(range(len(prompts))))
         share_meta = [meta[i] for i in share] if meta is not None else None
         sampler = Sampler(model, tokenizer, config, lockstep=ranks if lockstep else None)
-        samples = sampler.sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index, meta=share_meta,
-                                 prompt_indices=share, progress=progress)
+        return sampler.sample([prompts[i] for i in share], EVAL_ROUND_OFFSET + round_index, meta=share_meta,
+                              prompt_indices=share, progress=progress)
+
+    def score(scorer: Scorer, samples: list) -> list:
+        """Score this rank's `samples` in place and return every rank's."""
         nonlocal timed_out
         report = score_samples(scorer, samples, options=scoring)
         timed_out += report.timed_out
@@ -54,10 +60,12 @@ def evaluate_prompts(model, tokenizer, sampling: SamplingConfig, scorer: Scorer 
                                     f"the held-out evaluation {when}", (scoring or ScoringOptions()).timeout)
         return ranks.gather(samples) if ranks else samples
 
-    greedy = draw_and_score(replace(sampling, num_samples=1, temperature=0.0))
-    metrics: dict[str, Any] = {"eval_accuracy": pass_rates(greedy, pass_score)[0]}
+    greedy = draw(replace(sampling, num_samples=1, temperature=0.0))
+    metrics: dict[str, Any] = {"eval_accuracy": pass_rates(score(scorer, greedy), pass_score)[0]}
+    for name, extra in (extra_scorers or {}).items():  # the same completions, scored again
+        metrics[f"eval_accuracy_{name}"] = pass_rates(score(resolve_scorer(extra), greedy), pass_score)[0]
     if num_samples > 0:
-        pass_1, pass_k, _ = pass_rates(draw_and_score(replace(sampling, num_samples=num_samples)), pass_score,
+        pass_1, pass_k, _ = pass_rates(score(scorer, draw(replace(sampling, num_samples=num_samples))), pass_score,
                                        k=num_samples)
         metrics["eval_pass@1"], metrics["eval_pass@k"] = pass_1, pass_k
     if ranks is not None:

@@ -10,8 +10,9 @@ Built-ins (`BUILTIN_SCORERS`, selectable by name from a config file): `exact_mat
 (also called `numeric_answer`) are the answer checks of STaR (Zelikman et al. 2022) and RFT on GSM8K
 (Yuan et al. 2023); `math` checks answer equivalence with math-verify (LaTeX, fractions, `\\boxed`;
 see `math_verifier`); `code` runs the completion against the sample's unit tests in a sandbox (see
-`code_verifier`, `code_sandbox`); `regex_match` builds format checks. Reward models and LLM judges are
-user callables, passed directly or as a "package.module:function" string.
+`code_verifier`, `code_sandbox`); `reasoning_gym` and `reasoning_gym_fallback` call a reasoning-gym
+task's own `score_answer` (see `itersft.tasks.reasoning_gym`); `regex_match` builds format checks.
+Reward models and LLM judges are user callables, passed directly or as a "package.module:function" string.
 
 `score_samples` is the only place that calls a scorer. By default it scores each sample alone in a
 forked worker process under a hard wall-clock timeout (`pool`): a sample past the timeout
@@ -50,9 +51,10 @@ from itersft.scoring.pool import (
     to_score,
 )
 from itersft.scoring.report import ScoringReport
+from itersft.tasks.reasoning_gym import reasoning_gym_fallback, reasoning_gym_strict
 
 __all__ = ["BUILTIN_SCORERS", "Scorer", "ScoringReport", "exact_match", "numeric", "numeric_answer", "regex_match",
-           "resolve_scorer", "score_samples", "validate_meta", "extract_number"]
+           "resolve_scorer", "score_samples", "validate_meta", "extract_number", "final_number_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,8 @@ _NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(
 _GSM8K_MARKER = "####"
 
 
-def extract_number(text: str) -> float | None:
-    """The final numeric answer in `text`, or None when there is none.
+def final_number_text(text: str) -> str | None:
+    """The final numeric answer in `text` as written, thousands separators removed ("1234.5"), or None.
 
     If the text has a GSM8K-style `#### 42` marker followed by a number, that number wins (a model may
     keep talking after its answer); otherwise the last number in the text. Handles negatives,
@@ -93,11 +95,15 @@ def extract_number(text: str) -> float | None:
     if marker != -1:
         match = _NUMBER.search(text, marker + len(_GSM8K_MARKER))
         if match is not None:
-            return float(match.group().replace(",", ""))
+            return match.group().replace(",", "")
     matches = _NUMBER.findall(text)
-    if not matches:
-        return None
-    return float(matches[-1].replace(",", ""))
+    return matches[-1].replace(",", "") if matches else None
+
+
+def extract_number(text: str) -> float | None:
+    """The final numeric answer in `text` (`final_number_text`) as a float, or None when there is none."""
+    found = final_number_text(text)
+    return None if found is None else float(found)
 
 
 def _reference_number(answer: Any) -> float:
@@ -185,7 +191,8 @@ exact_match.check_meta = _answer_problems
 numeric.check_meta = _numeric_problems
 
 BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
-                                      "math": math_answer, "code": code}
+                                      "math": math_answer, "code": code, "reasoning_gym": reasoning_gym_strict,
+                                      "reasoning_gym_fallback": reasoning_gym_fallback}
 """Scorers selectable by name (e.g. from a config file); `numeric_answer` is `numeric` by its earlier name."""
 
 

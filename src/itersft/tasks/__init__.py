@@ -1,0 +1,1 @@
+"""Task sources: where the loop's prompts (and the metadata its scorers need) come from."""
