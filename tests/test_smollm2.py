@@ -214,3 +214,38 @@ def test_real_demo_with_adapters_starts_the_control_from_the_base_weights_and_fr
     for name, value in loop_start["base"].items():
         assert torch.equal(value, control_start["base"][name]), name  # the loop's training left no trace
     assert (tmp_path / "final" / "adapter_config.json").is_file()
+
+
+@pytest.mark.reasoning_gym
+@pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None, reason="needs `pip install reasoning-gym`")
+def test_quick_gym_demo_runs_the_protocol_on_reasoning_gym_questions_it_never_trains_on(smollm2, tmp_path):
+    """`itersft demo-gym --quick` end to end: the real demo's protocol on a reasoning-gym task, the fallback
+    scorer as verifier, held-out accuracy both ways, and no held-out question among the trained ones."""
+    from itersft.demo.gym import GymDemoHyperparameters
+    from itersft.tasks.reasoning_gym import reasoning_gym_fallback
+
+    loaded, _ = smollm2
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "demo-gym", "--quick", "--seed", "0",
+                             "--model", str(loaded.directory), "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "strict accuracy: base model" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert summary["control_updates"] == summary["loop_updates"] == metrics["train_updates"] > 0
+    assert set(summary["accuracy_strict"]) == {"before_loop", "after_loop", "control"}
+    assert summary["hyperparameters"]["bf16"] is False  # float32 by default
+    task = GymDemoHyperparameters(**summary["hyperparameters"]).make_task(0)
+    assert summary["held_out_questions"] == len(task.eval_prompts) == 6
+    held_out = {prompt[-1]["content"] for prompt in task.eval_prompts}
+    accepted = [json.loads(line) for line in (tmp_path / "accepted" / "round-0000.jsonl").read_text().splitlines()]
+    assert accepted
+    for sample in accepted:
+        system, user = sample["messages"]
+        assert system == {"role": "system", "content": summary["hyperparameters"]["system_prompt"]}
+        assert user["content"] not in held_out
+        assert sample["score"] == 1.0 and sample["finished"]
+        assert reasoning_gym_fallback([None], [sample["completion"]], [sample["meta"]["reasoning_gym"]]) == [1.0]
+    identity = json.loads((tmp_path / "run_identity.json").read_text())["identity"]
+    assert identity["scorer"] == "reasoning_gym_fallback"
