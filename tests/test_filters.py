@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from itersft.filters import BestOfK, Compose, Dedup, DropUniformPrompts, Threshold, TopPercent
+from itersft.filters import AboveGroupMean, BestOfK, Compose, Dedup, DropUniformPrompts, Threshold, TopPercent
 from itersft.sampling.samples import Sample
 
 
@@ -35,7 +35,8 @@ def batch():
     ]
 
 
-ALL_FILTERS = [Threshold(0.0), BestOfK(2), TopPercent(50), DropUniformPrompts(0.5), Dedup(), Compose(Dedup())]
+ALL_FILTERS = [Threshold(0.0), BestOfK(2), TopPercent(50), DropUniformPrompts(0.5), Dedup(), Compose(Dedup()),
+               AboveGroupMean()]
 
 
 @pytest.mark.parametrize("f", ALL_FILTERS, ids=repr)
@@ -119,6 +120,17 @@ def test_drop_uniform_prompts():
     assert ids(DropUniformPrompts()(batch)) == [(2, 0), (2, 2), (4, 0), (4, 1)]
     assert ids(DropUniformPrompts(pass_score=0.5)(batch)) == [(2, 0), (2, 2), (4, 0), (4, 1)]
     assert DropUniformPrompts(pass_score=2.0)(batch) == []  # everything fails
+
+
+def test_above_group_mean_keeps_what_grpo_would_push_up(batch):
+    """Kept: a score above its prompt's mean over scored samples (GRPO's positive advantage), on any scale."""
+    assert ids(AboveGroupMean()(batch)) == [(0, 1), (0, 3), (1, 0)]  # means 2/3 and 0.3; unscored left out
+    shifted = [s(0, i, score) for i, score in enumerate([-40.0, 10.0, 10.0, 10.0])]
+    assert ids(AboveGroupMean()(shifted)) == [(0, 1), (0, 2), (0, 3)]
+    assert ids(AboveGroupMean()([s(0, i, float(i)) for i in range(3)])) == [(0, 2)]  # at the mean is not above
+    # nothing to tell apart (1.7 five times has a float mean just below 1.7); one scored sample is its own mean
+    uniform = [s(0, i, 1.7000000000000002) for i in range(5)] + [s(1, 0, 5.0)]
+    assert AboveGroupMean()(uniform) == []
 
 
 def test_dedup_per_prompt_index_with_normalisation():

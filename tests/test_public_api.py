@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-PACKAGES = ["itersft", "itersft.loop", "itersft.sampling", "itersft.scoring"]
+PACKAGES = ["itersft", "itersft.loop", "itersft.sampling", "itersft.scoring", "itersft.export", "itersft.tasks"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -19,7 +19,7 @@ def test_every_exported_name_imports(package):
 @pytest.mark.parametrize("package", PACKAGES)
 def test_an_unknown_name_is_an_attribute_error_naming_the_package(package):
     with pytest.raises(AttributeError, match=f"{package!r} has no attribute 'Nope'"):
-        getattr(importlib.import_module(package), "Nope")
+        importlib.import_module(package).Nope  # noqa: B018
 
 
 def test_the_loop_exports_the_objects_its_owners_define():
@@ -39,5 +39,6 @@ def test_importing_the_loop_package_loads_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, itersft.loop, itersft.scoring, itersft.sampling; print('torch' in sys.modules)"
+    code = ("import sys, itersft.loop, itersft.scoring, itersft.sampling, itersft.export, itersft.tasks; "
+            "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -21,10 +21,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.cli.demo_real import PRECISION_NAMES
 from itersft.data.chat import end_of_turn_token_id
 from itersft.demo.calculation_check import checked_calculation
 from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
+from itersft.precision import choose_precision
 from itersft.sampling.prompts import PromptRenderer
 from itersft.sampling.sampler import SamplingConfig
 from itersft.trainer.setup import load_model, load_tokenizer
@@ -143,15 +145,23 @@ def test_one_round_of_the_loop_finishes_and_writes_its_artefacts(smollm2, tmp_pa
     assert AutoTokenizer.from_pretrained(run / "final").eos_token == "<|im_end|>"
 
 
-def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(smollm2, tmp_path):
-    """`itersft demo-real --quick` end to end (about half a minute); the saved copy stands in for the short
-    name, whose loading the fixture has already checked."""
+def run_quick_demo(command: str, smollm2, output_dir) -> subprocess.CompletedProcess:
+    """`itersft <command> --quick --seed 0`, checked to succeed; the saved copy of SmolLM2 stands in for
+    the short name, whose loading the fixture has already checked."""
     loaded, _ = smollm2
-    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "demo-real", "--quick", "--seed", "0",
-                             "--model", str(loaded.directory), "--output-dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", command, "--quick", "--seed", "0",
+                             "--model", str(loaded.directory), "--output-dir", str(output_dir)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(smollm2, tmp_path):
+    """`itersft demo-real --quick` end to end (about half a minute)."""
+    result = run_quick_demo("demo-real", smollm2, tmp_path)
     assert "eval acc" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
+    auto = choose_precision("auto", "cpu")  # the demo's default, decided as this process decides it
+    assert f"precision: {PRECISION_NAMES[auto.name]}; {auto.reason}\n" in result.stdout
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -174,6 +184,7 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
         # The loop's verifier is the calculation check, not the number alone.
         assert checked_calculation([None], [sample["completion"]], [sample["meta"]["answer"]]) == [1.0]
     assert summary["hyperparameters"]["verifier"] == "calculation"
+    assert summary["precision"] == {"name": auto.name, "reason": auto.reason}
     identity = json.loads((tmp_path / "run_identity.json").read_text())["identity"]
     assert identity["scorer"] == "itersft.demo.calculation_check:checked_calculation"  # what the loop was given
 
@@ -224,18 +235,15 @@ def test_quick_gym_demo_runs_the_protocol_on_reasoning_gym_questions_it_never_tr
     from itersft.demo.gym import GymDemoHyperparameters
     from itersft.tasks.reasoning_gym import reasoning_gym_fallback
 
-    loaded, _ = smollm2
-    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "demo-gym", "--quick", "--seed", "0",
-                             "--model", str(loaded.directory), "--output-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_quick_demo("demo-gym", smollm2, tmp_path)
     assert "strict accuracy: base model" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert summary["control_updates"] == summary["loop_updates"] == metrics["train_updates"] > 0
     assert set(summary["accuracy_strict"]) == {"before_loop", "after_loop", "control"}
-    assert summary["hyperparameters"]["bf16"] is False  # float32 by default
+    assert summary["hyperparameters"]["precision"] == "auto"  # the real demo's setting and default
+    assert summary["precision"]["name"] in ("bf16", "fp32") and summary["precision"]["reason"]
     task = GymDemoHyperparameters(**summary["hyperparameters"]).make_task(0)
     assert summary["held_out_questions"] == len(task.eval_prompts) == 6
     held_out = {prompt[-1]["content"] for prompt in task.eval_prompts}

@@ -10,6 +10,8 @@ Each filter is one selection rule from the literature:
   "keep correct rationales" (Zelikman et al. 2022). `min_score` may be raised between rounds.
 - `BestOfK`: best-of-K per prompt, RAFT (Dong et al. 2023) and Llama 2's rejection sampling.
 - `TopPercent`: RAFT's global ranking across all prompts.
+- `AboveGroupMean`: the samples above their prompt's mean, those with a positive advantage in GRPO
+  (Shao et al. 2024); needs no threshold, so it suits rewards on any scale.
 - `Dedup`: RFT's distinct reasoning paths (Yuan et al. 2023).
 - `DropUniformPrompts`: drop prompts whose samples all pass or all fail, as in DAPO's dynamic
   sampling (Yu et al. 2025); not one of the SFT papers' recipes, but a cheap way to spend training
@@ -137,6 +139,30 @@ class TopPercent:
 
     def __repr__(self) -> str:
         return f"TopPercent(percent={self.percent!r})"
+
+
+class AboveGroupMean:
+    """Keep each sample that scores above the mean score of its prompt's scored samples.
+
+    These are the samples GRPO pushes up (a positive advantage: reward minus its group's mean), so the
+    rule fits rewards on any scale, such as a weighted sum of reward functions or a reward model's
+    logit, where a fixed threshold would need tuning. A prompt whose samples all score the same keeps
+    none (nothing to tell apart, as GRPO gives them no advantage); nor does a prompt with one scored
+    sample. Unscored samples are left out of the mean and never kept.
+    """
+
+    def __call__(self, samples: list[Sample]) -> list[Sample]:
+        """The scored samples above their prompt's mean, in input order."""
+        chosen: list[int] = []
+        for positions in _by_prompt(samples).values():
+            scored = [i for i in positions if samples[i].score is not None]
+            if len({samples[i].score for i in scored}) > 1:  # a uniform group: its float mean could round below
+                mean = math.fsum(samples[i].score for i in scored) / len(scored)
+                chosen.extend(i for i in scored if samples[i].score > mean)
+        return _keep(samples, chosen)
+
+    def __repr__(self) -> str:
+        return "AboveGroupMean()"
 
 
 class DropUniformPrompts:

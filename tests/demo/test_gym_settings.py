@@ -15,20 +15,22 @@ from itersft.demo.gym import GYM_DEMO_HYPERPARAMETERS, GYM_VERIFIERS, HELD_OUT_O
 from itersft.demo.gym import GymDemoHyperparameters as Settings
 
 
-def test_the_defaults_run_float32_with_the_fallback_verifier():
-    assert GYM_DEMO_HYPERPARAMETERS.bf16 is False and GYM_DEMO_HYPERPARAMETERS.verifier == "fallback"
+def test_the_defaults_choose_the_precision_and_keep_with_the_fallback_verifier():
+    assert GYM_DEMO_HYPERPARAMETERS.precision == "auto" and GYM_DEMO_HYPERPARAMETERS.verifier == "fallback"
+    assert not hasattr(GYM_DEMO_HYPERPARAMETERS, "bf16")  # one precision setting, the real demo's
     assert GYM_DEMO_HYPERPARAMETERS.task in TASKS
 
 
 def test_the_gym_settings_parse_and_refuse_by_name_with_the_inherited_ones():
-    assert parse_settings(["task=chain_sum", "few_shot=2", "verifier=strict"], Settings, "demo-gym") == {
-        "task": "chain_sum", "few_shot": 2, "verifier": "strict"}
+    assert parse_settings(["task=chain_sum", "few_shot=2", "verifier=strict", "precision=fp32"], Settings,
+                          "demo-gym") == {"task": "chain_sum", "few_shot": 2, "verifier": "strict", "precision": "fp32"}
     with pytest.raises(SystemExit, match="itersft demo-gym: --set 'few_shot=two': few_shot takes an integer"):
         parse_settings(["few_shot=two"], Settings, "demo-gym")
     with pytest.raises(ValueError) as error:
         dataclasses.replace(GYM_DEMO_HYPERPARAMETERS, task="leg_counting", few_shot=-1, verifier="calculation",
-                            rounds=0)
+                            rounds=0, precision="float32")
     for named in ("`task` must be one of 'arithmetic', 'chain_sum', got 'leg_counting'",
+                  "`precision` must be one of 'auto', 'bf16', 'fp32', got 'float32'",
                   "`few_shot` must be an int >= 0, got -1", "`verifier` must be one of 'fallback', 'strict'",
                   "`rounds` must be an int >= 1"):
         assert named in str(error.value)

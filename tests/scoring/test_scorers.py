@@ -16,6 +16,7 @@ import torch
 
 from itersft.sampling.samples import Sample
 from itersft.scoring.code_verifier import code
+from itersft.scoring.final_answer import final_answer
 from itersft.scoring.math_verifier import math_answer
 from itersft.scoring.pool import ScoringOptions
 from itersft.scoring.report import ScorerFailedError, stop_if_every_sample_failed
@@ -78,11 +79,12 @@ def test_extract_number(text, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("It costs $1,234 in total", "1234"), ("#### -1,000", "-1000"), ("x = 3.50", "3.50"), ("no digits", None),
+    ("It costs $1,234 in total", "1234"), ("#### -1,000\nor 7", "-1000"), ("x = 3.50", "3.50"),
+    ("\\boxed{12.0} then 5", "12.0"), ("\\boxed{x}", None),
     ("so 123456789012345678901", "123456789012345678901"),  # exact, where a float would round it
 ])
-def test_final_number_text_is_the_number_as_written(text, expected):
-    assert final_number_text(text) == expected
+def test_final_number_text_is_the_final_answers_number_as_written(text, expected):
+    assert final_number_text(final_answer(text)) == expected
 
 
 def test_exact_match_strips_and_stringifies():
@@ -307,11 +309,21 @@ def test_scores_are_overwritten_not_left_stale(options):
     assert samples[0].score is None
 
 
-def test_empty_batch_does_not_call_scorer():
-    def never(*args, **kwargs):
-        raise AssertionError("called")
+@MODES
+def test_empty_batch_does_not_call_scorer(options):
+    """Not even its `warm_up` (which runs here, in this process, before any worker starts)."""
+    calls = []
 
-    assert score_samples(never, []) == ScoringReport()
+    class Recording:
+        def warm_up(self):
+            calls.append("warm_up")
+
+        def __call__(self, prompts, completions, **meta):
+            calls.append("call")
+            return [1.0] * len(completions)
+
+    assert score_samples(Recording(), [], options=options) == ScoringReport()
+    assert calls == []
 
 
 def test_validate_meta_names_every_bad_row():

@@ -8,8 +8,11 @@ sandbox recorded, never assumed.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,8 +127,9 @@ def test_code_check_meta_names_rows_whose_tests_do_not_parse():
         validate_meta("code", rows, len(rows), "eval_meta")
     message = str(info.value)
     assert "`eval_meta` does not suit scorer code (4 problem(s))" in message
-    assert "row 1: `tests` do not parse as Python (line 1: invalid syntax)" in message
-    assert "row 2: no `tests`" in message and "row 3: `tests` must be Python source" in message
+    assert "row 1: `tests` does not parse as Python (line 1: invalid syntax)" in message
+    assert "row 2: no tests: give the keys of exactly one format" in message
+    assert "row 3: `tests` must be Python source" in message
     assert "row 4: `tests` is empty" in message and "row 0" not in message
 
 
@@ -186,18 +190,32 @@ def _spawn_true() -> int:
     return pid
 
 
-def test_writing_outside_the_work_directory_fails():
-    if isolation_report().get("read_only_filesystem") is not True:
-        pytest.skip(f"no read-only mount here: {isolation_report().get('read_only_filesystem')}")
+def test_the_program_sees_only_the_libraries_python_and_its_work_directory():
+    """A private root: no file of the machine outside the system libraries and the Python installation,
+    so neither a world-readable secret in /tmp nor a world-writable directory is there to read or write."""
+    if isolation_report().get("private_filesystem") is not True:
+        pytest.skip(f"no private filesystem here: {isolation_report().get('private_filesystem')}")
     outside = Path(tempfile.mkdtemp(prefix="itersft-outside-", dir="/tmp"))
     try:
-        outside.chmod(0o777)  # writable by anyone: only the read-only mount can stop the write
+        outside.chmod(0o777)  # writable and readable by anyone: only its absence can stop the program
+        (outside / "secret.txt").write_text("planted")
+        (outside / "secret.txt").chmod(0o644)
         target = outside / "escaped.txt"
-        program = f"open({str(target)!r}, 'w').write('x')\nopen('inside.txt', 'w').write('fine')\n"
-        result = run_python([("s.py", program)])
-        assert result.status == "failed" and "Read-only file system" in result.output
-        assert not target.exists()
-        assert score(program + TESTS) == 0.0 and not target.exists()
+        listing = ("import json, os, sys\nprint(json.dumps([os.listdir('/'), sorted(os.listdir('/dev')), os.getcwd(), "
+                   "any('site-packages' in p for p in sys.path)]))\n")
+        result = run_python([("s.py", listing)])
+        assert result.passed, result.output
+        shown = json.loads(result.output)
+        exposed = code_sandbox._exposed_paths(os.path.realpath(sys.executable))
+        assert sorted(shown[0]) == sorted({Path(p).parts[1] for p in exposed} | {"dev", "proc", "tmp"})
+        assert shown[1] == ["null", "random", "urandom", "zero"] and shown[2] == "/tmp" and shown[3] is False
+        for program in (f"open({str(target)!r}, 'w').write('x')\n",
+                        f"print(open({str(outside / 'secret.txt')!r}).read())\n",
+                        "open('/usr/lib/itersft-escaped', 'w').write('x')\n"):
+            result = run_python([("s.py", program)])
+            assert result.status == "failed" and "planted" not in result.output
+            assert ("No such file or directory" in result.output or "Read-only file system" in result.output)
+        assert not target.exists() and not Path("/usr/lib/itersft-escaped").exists()
         assert run_python([("s.py", "open('inside.txt', 'w').write('fine')\n")]).passed  # its own dir is writable
     finally:
         for path in outside.iterdir():
@@ -283,7 +301,7 @@ def test_the_loop_refuses_unparseable_tests_before_sampling(tmp_path, answering_
                            LoopConfig(output_dir=str(tmp_path / "run"), rounds=1))
     with pytest.raises(ValueError, match=r"`meta` does not suit scorer code \(1 problem\(s\)\):\n- row 1: `tests` do"):
         loop.run(["q0:", "q1:"], [{"tests": TESTS}, {"tests": "assert add(1,"}])
-    with pytest.raises(ValueError, match=r"`eval_meta` does not suit scorer code.*\n- row 0: no `tests`"):
+    with pytest.raises(ValueError, match=r"`eval_meta` does not suit scorer code.*\n- row 0: no tests"):
         loop.run(["q0:"], [{"tests": TESTS}], eval_prompts=["q9:"], eval_meta=[{}])
     assert trainer.state.global_step == 0 and list((tmp_path / "run" / "accepted").iterdir()) == []
 
@@ -303,3 +321,44 @@ def test_a_pool_timeout_shorter_than_the_sandbox_limit_still_takes_the_sandbox_d
     assert orphans  # the killed worker's directory, for now
     assert run_python([("s.py", "pass\n")]).passed
     assert not any(p.exists() for p in orphans)
+
+
+_AS_A_USER = """
+import json
+from itersft.scoring.code_sandbox import UnitTests, isolation_report, run_python
+
+tests = UnitTests("assert add(2, 3) == 5\\n")
+probe = ("import os\\ndef add(a, b):\\n    found = []\\n"
+         "    for name, act in (('chroot', lambda: os.chroot('/')), ('ptrace the checker', "
+         "lambda: open(f'/proc/{os.getppid()}/mem', 'rb').read(1))):\\n"
+         "        try:\\n            act()\\n            found.append(name)\\n        except OSError:\\n"
+         "            pass\\n    print(json.dumps(found))\\n    return 5\\nimport json\\n")
+liar = "class L:\\n    def __eq__(self, other):\\n        return True\\ndef add(a, b):\\n    return L()\\n"
+killer = "import os, signal\\ndef add(a, b):\\n    os.kill(os.getppid(), signal.SIGKILL)\\n    return 5\\n"
+results = {name: run_python([("s.py", program)], tests=tests)
+           for name, program in (("probe", probe), ("liar", liar), ("killer", killer))}
+print(json.dumps({"isolation": isolation_report(), "status": {k: r.status for k, r in results.items()},
+                  "allowed": results["probe"].output}))
+"""
+
+
+def test_as_a_user_the_program_has_no_capabilities_and_cannot_beat_the_checker():
+    """Run as `nobody` (root of a user namespace inside): no capability (chroot is refused), the
+    checker's memory out of reach (where the user namespace may not mount /proc, as here, there is
+    no /proc to try), and what it can do to the checker (kill it) fails the sample. Needs root to
+    switch user, setpriv, and a system Python other users can run (the sandbox uses the interpreter
+    it runs in)."""
+    system_python = "/usr/bin/python3"
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(system_python):
+        pytest.skip("needs root, setpriv and /usr/bin/python3 to run the sandbox as another user")
+    source = Path(code_sandbox.__file__).resolve().parents[2]
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-I", "-c",
+                           f"import sys; sys.path.insert(0, {str(source)!r})\n" + _AS_A_USER],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    if done.returncode != 0:
+        pytest.skip(f"the sandbox does not run as nobody here: {done.stderr[-500:]}")
+    report = json.loads(done.stdout.splitlines()[-1])
+    if report["isolation"].get("user_namespace") is not True:
+        pytest.skip(f"no user namespace here: {report['isolation'].get('user_namespace')}")
+    assert report["status"] == {"probe": "passed", "liar": "failed", "killer": "failed"}
+    assert json.loads(report["allowed"]) == []

@@ -102,12 +102,16 @@ def test_the_strict_scorer_is_the_tasks_own_score_answer_on_the_last_answer_tag(
     assert expected[:3] == [1.0, len(gold[1]) / len(f"{gold[1]} apples"), 0.0]
 
 
-def test_the_fallback_takes_the_last_number_only_without_a_tag_and_only_for_numeric_answers():
+def test_the_fallback_takes_the_final_answers_number_only_without_a_tag_and_only_for_numeric_answers():
     built = gym_prompts({**ARITHMETIC, "size": 3, "seed": 0})
     gold = [row["answer"] for row in built.meta]
     completions = [f"{gold[0]} + 0 = {gold[0]}.", f"<answer>x</answer> so {gold[1]}", "no number here"]
     assert score("reasoning_gym_fallback", completions, built.meta) == [1.0, 0.0, None]
     assert score("reasoning_gym", completions, built.meta) == [None, 0.0, None]
+    # The final answer by `numeric`'s rule (itersft.scoring.final_answer): a box wins over later numbers,
+    # and a hedge is never right, even when its last value is.
+    boxed_then_more, hedged = f"\\boxed{{{gold[0]}}}, checked in 99 steps", f"{int(gold[0]) + 1} or {gold[0]}"
+    assert score("reasoning_gym_fallback", [boxed_then_more, hedged], [built.meta[0]] * 2) == [1.0, 0.0]
 
     words = gym_prompts({"name": "spell_backward", "size": 1, "seed": 0})
     reversed_word = words.meta[0]["answer"]

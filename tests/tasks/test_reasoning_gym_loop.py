@@ -91,8 +91,18 @@ def test_an_unknown_task_or_config_key_is_refused_before_the_model_loads(tmp_pat
     assert "`name` 'gdc' is not a reasoning-gym task; close names: gcd" in str(raised.value)
     with pytest.raises(ValueError, match=r"`config.max_valu` is not a setting of gcd; did you mean max_value, min_"):
         _run_without_a_model(tmp_path, {"reasoning_gym": {**TRAIN, "config": {"max_valu": 9}}})
-    with pytest.raises(ValueError, match=r"`prompts`: unknown key\(s\) \['limit'\]; accepted: \['reasoning_gym'\]"):
-        _run_without_a_model(tmp_path, {"reasoning_gym": TRAIN, "limit": 3})
+    with pytest.raises(ValueError, match=r"`prompts`: unknown key\(s\) \['split'\]; accepted with `reasoning_gym`"):
+        _run_without_a_model(tmp_path, {"reasoning_gym": TRAIN, "split": "test"})
+
+
+def test_a_reasoning_gym_set_takes_the_keys_every_source_shares_but_gives_no_labelled_pairs():
+    from itersft.cli import run_config
+
+    prompts, meta = run_config.read_prompts("prompts", {"reasoning_gym": TRAIN, "limit": 3, "meta_fields": ["answer"]})
+    assert [prompt[-1]["content"] for prompt in prompts] == [entry["question"] for entry in entries(46, 3)]
+    assert meta == [{"answer": entry["answer"]} for entry in entries(46, 3)]
+    with pytest.raises(ValueError, match=r"^`labelled`: a `reasoning_gym` source gives questions without completions"):
+        run_config.read_labelled({"reasoning_gym": TRAIN})
 
 
 def test_a_sampling_system_prompt_that_the_tasks_own_would_override_is_refused(tmp_path):

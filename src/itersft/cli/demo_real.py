@@ -18,6 +18,7 @@ from itersft.demo.protocol import DemoCallback
 QUICK = {"num_eval": 6, "rounds": 1, "prompts_per_round": 6, "samples_per_prompt": 2, "max_new_tokens": 24,
          "eval_max_new_tokens": 24, "batch_size": 4}
 
+PRECISION_NAMES = {"bf16": "bfloat16 autocast", "fp32": "float32"}
 _PHASES = {"base_eval": "base model", "loop_eval": "after expert iteration", "control_eval": "control"}
 
 
@@ -35,6 +36,9 @@ class RealDemoPrinter(RoundTable, DemoCallback):
                     if key.startswith("accuracy_")]
             line += f" ({', '.join(also)})" if also else ""
         print(f"{line} ({info['seconds']:.0f}s)", file=self.out, flush=True)
+        if phase == "load":  # which precision runs the demo, and why: it changes what the demo shows
+            print(f"precision: {PRECISION_NAMES[info['precision']]}; {info['precision_reason']}", file=self.out,
+                  flush=True)
 
 
 def main(args) -> int:
@@ -48,6 +52,7 @@ def run_demo_command(args, command: str, defaults) -> int:
     import torch
 
     from itersft.demo.real import run_real_demo
+    from itersft.model_sources import resolve_model_source
 
     # Every usable core by default: the model's matrix products dominate, and the scoring workers
     # (one thread each, see the Makefile's OMP_NUM_THREADS=1) are idle while the model runs.
@@ -56,6 +61,8 @@ def run_demo_command(args, command: str, defaults) -> int:
                  **parse_settings(args.settings, type(defaults), command)}
     try:
         hyperparameters = dataclasses.replace(defaults, **overrides)
+        if args.model is not None:
+            resolve_model_source(args.model, argument="--model")
     except ValueError as error:  # checked before the model loads
         raise SystemExit(f"itersft {command}: {error}") from None
     summary = run_real_demo(args.seed, args.output_dir, hyperparameters, callbacks=[RealDemoPrinter(sys.stdout)])
@@ -82,14 +89,9 @@ def parse_settings(settings: list[str], hyperparameters_class=None, command: str
                              f"{', '.join(types)}.")
         kind = types[name]
         try:
-            if kind is bool:
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                overrides[name] = value.lower() == "true"
-            else:
-                overrides[name] = kind(value)
+            overrides[name] = kind(value)
         except ValueError:
-            expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+            expected = {int: "an integer", float: "a number"}.get(kind, "text")
             raise SystemExit(f"itersft {command}: --set {setting!r}: {name} takes {expected}, "
                              f"got {value!r}.") from None
     return overrides

@@ -18,8 +18,8 @@ on the same held-out questions. Only the task differs:
   (`<answer>gold</answer>`) in front of every question instead; `--set verifier=strict` keeps only tagged
   answers.
 
-Sampling, training and evaluation run in float32 (`bf16=False`): CPUs without native bfloat16 (this one,
-and many users' AVX2 machines) gain nothing from it. `--set bf16=true` switches.
+Precision is `itersft demo-real`'s `precision` setting, "auto" by default (bfloat16 autocast only where
+the device runs it fast, float32 elsewhere: `itersft.precision`); `summary.json` records which ran.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ class GymDemoHyperparameters(RealDemoHyperparameters):
     """
 
     system_prompt: str = "Answer the question. End with the final answer as a number."
-    bf16: bool = False
     verifier: str = "fallback"
     task: str = "arithmetic"
     few_shot: int = 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import StopStringCriteria
@@ -63,6 +63,7 @@ class SamplingConfig:
         top_k: keep only the k most likely tokens; 0 = off.
         batch_size: prompts decoded at once, each with `num_samples` rows (one row when greedy): with
             `generate`, prompts per call; with `refill`, the batch holds at most this many prompts' rows.
+            It does not change what is sampled, so it is not part of a loop run's identity (`run_identity`).
         seed: base seed; with the round, prompt index and sample index it fixes every draw.
         stop_strings: optional strings that end a completion; the completion is cut before the first one.
         chat_template: whether plain string prompts go through the tokenizer's chat template as the user
@@ -82,7 +83,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata={"identity": False})
     seed: int = 0
     stop_strings: list[str] | None = None
     chat_template: bool | str = "auto"
@@ -171,9 +172,10 @@ class Sampler:
         rendered as (None for raw text). `completion` is the decoded text up to (excluding) EOS, the
         end-of-turn token or the first stop string; `completion_ids` are the generated ids *without*
         that token and without padding (with a stop string: the longest prefix whose decode is a prefix
-        of `completion`); `finished` says a stop token or a stop string was produced. `progress(done,
-        total)` is called as prompts complete (after each `generate` call, or as each prompt's last row
-        finishes with `refill`) with the number of prompts sampled so far.
+        of `completion`); `finished` says a stop token or a stop string was produced, `stop_token_id`
+        which stop token it was. `progress(done, total)` is called as prompts complete (after each
+        `generate` call, or as each prompt's last row finishes with `refill`) with the number of prompts
+        sampled so far.
         """
         self._check_arguments(prompts, round_index, meta, prompt_indices)
         if prompt_indices is None:
@@ -194,10 +196,11 @@ class Sampler:
             prompt_meta = meta[position] if meta is not None else {}
             for j in range(self.config.num_samples):
                 # Greedy draws the same completion k times: it was generated once.
-                text, ids, finished = self._finish(rows[position][j % len(rows[position])])
+                text, ids, finished, stop_token = self._finish(rows[position][j % len(rows[position])])
                 samples.append(Sample(prompt=prompt, completion=text, prompt_index=prompt_indices[position],
                                       sample_index=j, completion_ids=ids, finished=finished,
-                                      meta=dict(prompt_meta), messages=self.renderer.conversation(prompt)))
+                                      meta=dict(prompt_meta), messages=self.renderer.conversation(prompt),
+                                      stop_token_id=stop_token))
         return samples
 
     def _rows_per_prompt(self) -> int:
@@ -229,8 +232,9 @@ class Sampler:
 
         return decoder.run(prompts, seeds, on_prompt_done=None if report is None else prompt_done)
 
-    def _finish(self, row: list[int]) -> tuple[str, list[int], bool]:
-        """Cut one generated row at its stop token (everything after it is padding) and at the first stop string."""
+    def _finish(self, row: list[int]) -> tuple[str, list[int], bool, int | None]:
+        """Cut one generated row at its stop token (everything after it is padding) and at the first stop
+        string: (text, ids, finished, the stop token that ended it or None)."""
         eos = set(self.eos_token_ids)
         end = next((t for t, token in enumerate(row) if token in eos), None)
         finished = end is not None
@@ -239,13 +243,13 @@ class Sampler:
         hits = [text.find(s) for s in self.config.stop_strings or ()]
         hits = [h for h in hits if h >= 0]
         if not hits:
-            return text, ids, finished
+            return text, ids, finished, None if end is None else row[end]
         text = text[: min(hits)]
         # A token may straddle the stop string; keep the ids whose text lies wholly inside the completion.
         n = len(ids)
         while n > 0 and not text.startswith(self.tokenizer.decode(ids[:n], skip_special_tokens=True)):
             n -= 1
-        return text, ids[:n], True
+        return text, ids[:n], True, None
 
     def _check_arguments(self, prompts, round_index, meta, prompt_indices) -> None:
         problems = Problems("Sampler.sample arguments")

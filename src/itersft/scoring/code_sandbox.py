@@ -1,54 +1,65 @@
-"""Run untrusted Python (a model's program and its unit tests) in a sandbox, and say what it isolates.
+"""Run untrusted Python (a model's program) in a sandbox, judged by tests it cannot reach.
 
-`run_python(files, limits)` writes the files into a fresh temporary directory, runs them in order in
-one namespace in a child process tree (see `sandbox_child`), and reports "passed" only when every
-file ran to its end without an exception inside the limits. The temporary directory is removed
-afterwards. Linux only (it relies on Linux namespaces, prctl and /proc); elsewhere it raises.
+`run_python(files, limits, tests=UnitTests(...))` runs the files in order in one namespace in a child
+process tree (`sandbox_child` sets it up), and the tests in a second process of that tree, the
+checker, which calls the program's functions across a pipe and compares plain-data copies of their
+results (`sandbox_harness`). "passed" is the checker's verdict, written to a pipe only the checker
+holds: every test ran without an exception. The program and the tests reach the sandbox as
+anonymous in-memory files; the temporary directory it uses is removed afterwards. Linux only (it
+relies on Linux namespaces, prctl and /proc); elsewhere it raises.
 
 What is contained, always:
+* **The verdict**: the checker is a separate process under another uid (root), or the same uid
+  made non-dumpable (no ptrace, no /proc/<pid>/mem or fd) with no capabilities on either side (a
+  user). The program cannot read the tests or their expected values, patch the checker's builtins,
+  modules or `exec`, forge its verdict, or fool its `==` with an object of its own; what it can do
+  to the checker is make it fail (kill it, where the uids are the same; hang; send garbage). Exit
+  tricks (`sys.exit(0)`, `os._exit(0)`, exit hooks) only end the program, which then fails.
 * **Time**: a wall-clock limit (`wall_seconds`): past it the sandbox's whole process group is
   SIGKILLed; and RLIMIT_CPU (`cpu_seconds`) per process.
 * **Memory**: RLIMIT_AS (`memory_mb`) per process: an allocation past it fails (MemoryError). The
   limit is per process, so up to `max_processes` processes may each use that much.
 * **Files**: RLIMIT_FSIZE (`disk_mb`): no file written (stdout included) grows past it; core dumps off.
 * **Privilege**: PR_SET_NO_NEW_PRIVS (setuid programs such as sudo grant nothing).
-* **Exit tricks**: `sys.exit(0)` or `os._exit(0)` before the tests finish does not pass (a token only
-  the harness knows must follow the tests on stdout).
+* **Environment**: the program starts with a fixed environment (PATH, locale, one thread for BLAS
+  libraries), none of the caller's variables.
 
 What is contained where the OS allows (each recorded in `SandboxResult.isolation`, summarised by
-`describe_isolation`). Measured on the development VM (Linux 6.18, no seccomp): everything below, as
-root and as `nobody`; the no-namespace fallbacks were exercised by switching namespaces off.
+`describe_isolation`). Measured on the development VM (Linux 6.18, no seccomp): everything below as
+root; as `nobody` everything but the private /proc, which a user namespace may not mount there
+(/proc is then empty). The no-namespace fallbacks were exercised by switching namespaces off.
 Expected elsewhere, not measured: Docker's default seccomp profile refuses the namespaces (root
-then gets the private uid and rlimits only); Ubuntu 24.04's AppArmor lets an unprivileged user create
+then gets the private uids and rlimits only); Ubuntu 24.04's AppArmor lets an unprivileged user create
 a user namespace but not the network, mount or PID namespaces inside it.
-* **Identity**: as root, the program runs as a private, random uid (2,100,000,000 and up) with no
-  groups: it cannot signal or ptrace your processes, or write or read your private files. As another
-  user it runs as root of a new user namespace mapped to your uid: it has no privilege outside the
-  namespace but keeps your file permissions, so it can *read* what you can (e.g. `~/.ssh`; with the
-  network namespace it cannot send it anywhere). Without a user namespace it simply runs as you.
-  As root without a mount namespace, the private uid must be able to execute the interpreter and
-  enter the temporary directory; where it cannot (a Python under `/root`), `run_python` raises
-  SandboxError saying so rather than run anything as root.
+* **Identity**: as root, the program and the checker run as two private, random uids (2,100,000,000
+  and up) with no groups: the program cannot signal or ptrace your processes or the checker. As
+  another user, both run as root of a new user namespace mapped to your uid, locked out of every
+  capability. Without a user namespace they simply run as you. As root without a mount namespace,
+  the private uids must be able to read the interpreter's installation and enter the temporary
+  directory; where they cannot (a Python under `/root`), `run_python` raises SandboxError saying so
+  rather than run anything as root.
 * **Processes** (fork bombs): RLIMIT_NPROC = `max_processes`, counted for the private uid or inside
   the user namespace. Root ignores RLIMIT_NPROC, hence the private uid. As a non-root user without a
   user namespace the cap is relative to your current process count, read from /proc just before.
 * **Network**: a new network namespace whose only interface (loopback) is down: every connection,
   to the internet or to localhost, fails. Without one (no privilege, or seccomp), the network is open.
-* **Filesystem**: a new mount namespace in which every mount is read-only (`mount_setattr`,
-  recursive; Linux >= 5.12) and the work directory is a fresh tmpfs of `disk_mb` (so the disk cannot
-  be filled). When root must drop to the private uid but the Python interpreter lives under a
-  directory other users cannot enter (e.g. `/root/.pyenv`), that directory is covered by an empty
-  tmpfs holding only the Python installation, bound read-only. Without a mount namespace, the program
-  can write wherever its uid may (world-writable `/tmp` and `/dev/shm` included).
-* **Cleanup**: a new PID namespace, whose init kills every process left when the program ends, and a
-  private /proc showing only the sandbox. Without it, leftovers are killed by process group and, for a
-  private uid, by a `kill(-1)` run as that uid.
+* **Files you have**: a new mount namespace whose root is private (`sandbox_child`): the system
+  libraries and the Python installation, read-only, four devices, and a fresh tmpfs of `disk_mb` as
+  the work directory (/tmp, also HOME); your home, your project, /etc and the real /tmp do not exist
+  there, world-readable or not. The interpreter runs with `-I -S`: the standard library only, no
+  site-packages. Without a mount namespace the program sees the whole filesystem, reads what its uid
+  may, and writes wherever its uid may (world-writable `/tmp` and `/dev/shm` included).
+* **Cleanup**: a new PID namespace, whose init kills every process left when the checker ends, and a
+  private /proc showing only the sandbox's processes of the reader's own uid. Without it, leftovers
+  are killed by process group and, for the private uids, by a `kill(-1)` run as each uid.
 
 What is NOT contained: CPU and memory *bandwidth* (a program can slow the machine for
-`wall_seconds`); kernel exploits; reading world-readable files (the filesystem is read-only, not
-hidden, except for the covered directories); side channels; and a program written to defeat the
-harness itself (it runs in the same interpreter as the tests). No cgroups are used. For code from
-adversarial sources, use a VM or gVisor-class sandbox.
+`wall_seconds`); kernel exploits; side channels; what the tests hand the program (a test that
+passes an expected value to one of the program's functions has shown it). The checker's guarantee
+also assumes the program cannot write the Python installation the checker imports from: true as
+root (private uids) and in a mount namespace (read-only); not as a user without a mount namespace
+whose own Python (a pyenv under your home) the program could rewrite. No cgroups are used.
+For code from adversarial sources, use a VM or gVisor-class sandbox as well.
 """
 
 from __future__ import annotations
@@ -60,7 +71,6 @@ import os
 import secrets
 import shutil
 import signal
-import site
 import stat
 import subprocess
 import sys
@@ -73,6 +83,9 @@ from typing import Any, Literal
 logger = logging.getLogger(__name__)
 
 _CHILD = Path(__file__).with_name("sandbox_child.py")
+_HARNESS = Path(__file__).with_name("sandbox_harness.py")
+_SYSTEM_LIBRARIES = ("/lib", "/lib32", "/lib64", "/libx32", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32",
+                     "/etc/ld.so.cache")
 _PRIVATE_UIDS = (2_100_000_000, 40_000_000)  # first uid, count: above common LDAP/SSSD ranges, below 2**31
 _OUTPUT_TAIL = 4096
 _PREFIX = "itersft-sandbox-"  # then the pid of the process that made the directory
@@ -128,100 +141,136 @@ class SandboxResult:
         return self.status == "passed"
 
 
+@dataclass(frozen=True)
+class UnitTests:
+    """What the checker runs against a program (see `sandbox_harness`): `setup` (run first, in the
+    checker and, as the program's first file, in the program), then `source`, which calls the
+    program's functions by name; `entry_point` is a name the tests always take from the program."""
+
+    source: str
+    setup: str = ""
+    entry_point: str | None = None
+
+
 def run_python(files: Sequence[tuple[str, str]], limits: SandboxLimits | None = None,
-               python: str | None = None) -> SandboxResult:
+               python: str | None = None, tests: UnitTests | None = None) -> SandboxResult:
     """Run the `(file name, source)` pairs in order, in one module namespace, inside the sandbox.
 
-    `python`: the interpreter that runs the program (default: this one). As root, the program runs
-    as a private uid, which must be able to execute it; only this interpreter's own installation is
-    exposed when it lies under a directory other users cannot enter.
+    With `tests`, "passed" is the checker's verdict: every test ran without an exception, against
+    plain-data copies of what the program returned. Without, "passed" means the program reported
+    that it ran to its end: a result for trusted programs and probes, not a verdict on hostile code.
+    `python`: the interpreter that runs the program (default: this one's base installation, without
+    site-packages). As root, the program runs as a private uid, which must be able to execute it.
     Raises SandboxError when the sandbox could not start the program at all (then no verdict on the
     program is possible); a program that fails, crashes or runs out of limits is a result.
     """
     if not sys.platform.startswith("linux"):
         raise SandboxError(f"the code sandbox needs Linux (namespaces, prctl, /proc); this is {sys.platform}")
     limits = limits or SandboxLimits()
-    uid = (_PRIVATE_UIDS[0] + secrets.randbelow(_PRIVATE_UIDS[1])) if os.geteuid() == 0 else None
+    uids = None
+    if os.geteuid() == 0:  # two distinct private uids: the program's and the checker's
+        first = _PRIVATE_UIDS[0] + secrets.randbelow(_PRIVATE_UIDS[1] - 1)
+        uids = {"program": first, "checker": first + 1}
     _remove_orphaned_directories()
     directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     try:
-        return _run_in(directory, files, limits, uid, python or sys.executable)
+        return _run_in(directory, files, tests, limits, uids, os.path.realpath(python or sys.executable))
     finally:
         _remove_tree(directory)
 
 
-def _run_in(directory: Path, files: Sequence[tuple[str, str]], limits: SandboxLimits, uid: int | None,
-            python: str) -> SandboxResult:
-    directory.chmod(0o711)  # the private uid may enter it and read the program, not list it
-    workdir, stage = directory / "work", directory / "stage"
+def _memory_file(name: str, data: Any) -> int:
+    """A descriptor of an anonymous in-memory file holding `data` as JSON (no path anyone could open)."""
+    descriptor = os.memfd_create(name)
+    os.write(descriptor, json.dumps(data).encode())  # a memfd takes the whole write at once
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    return descriptor
+
+
+def _run_in(directory: Path, files: Sequence[tuple[str, str]], tests: UnitTests | None, limits: SandboxLimits,
+            uids: dict[str, int] | None, python: str) -> SandboxResult:
+    directory.chmod(0o711)  # a private uid may enter it (the work dir, without a mount namespace), not list it
+    workdir, root = directory / "work", directory / "root"
     workdir.mkdir()
-    stage.mkdir()
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    program = []
-    for number, (name, source) in enumerate(files):
-        path = directory / f"{number}_{Path(name).name}"
-        path.write_text(source, encoding="utf-8")
-        path.chmod(0o644)
-        program.append(str(path))
-    report_read, report_write = os.pipe()
+    root.mkdir()
+    if uids is not None:
+        os.chown(workdir, uids["program"], uids["program"])
+    program = ([("setup", tests.setup)] if tests is not None and tests.setup else []) + list(files)
+    descriptors = {"program_fd": _memory_file("program", program),
+                   "check_fd": None if tests is None else _memory_file(
+                       "tests", {"setup": tests.setup, "tests": tests.source, "entry_point": tests.entry_point})}
+    report_read, descriptors["report_fd"] = os.pipe()
+    verdict_read, descriptors["verdict_fd"] = os.pipe()
     config = {
-        "workdir": str(workdir), "stage": str(stage), "report_fd": report_write, "program": program, "uid": uid,
-        "python": python, "cover": _cover_for_private_uid(directory) if uid is not None else [],
-        "cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_mb << 20,
-        "disk_bytes": limits.disk_mb << 20, "max_processes": limits.max_processes, "namespaces": _USE_NAMESPACES,
-        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
-                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1"},
+        **descriptors, "workdir": str(workdir), "root": str(root), "expose": _exposed_paths(python), "uids": uids,
+        "harness": _harness_source(), "cpu_seconds": limits.cpu_seconds,
+        "memory_bytes": limits.memory_mb << 20, "disk_bytes": limits.disk_mb << 20,
+        "max_processes": limits.max_processes, "namespaces": _USE_NAMESPACES,
+        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     }
     (directory / "config.json").write_text(json.dumps(config))
-    token = secrets.token_hex(16).encode() + b"\n"
     output_path = directory / "output"
+    passed_on = [fd for fd in descriptors.values() if fd is not None]
     try:
         with open(output_path, "ab") as output:  # append mode: a program that seeks cannot overwrite earlier output
-            process = subprocess.Popen([python, "-I", str(_CHILD), str(directory / "config.json")],
-                                       stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, cwd=directory,
-                                       env=config["env"], start_new_session=True, pass_fds=(report_write,))
+            process = subprocess.Popen([python, "-I", "-S", str(_CHILD), str(directory / "config.json")],
+                                       stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                       cwd=directory, env=config["env"], start_new_session=True, pass_fds=passed_on)
     finally:
-        os.close(report_write)
+        for descriptor in passed_on:
+            os.close(descriptor)
     timed_out = False
     try:
-        try:
-            process.stdin.write(token)
-            process.stdin.close()
-        except OSError:  # it already died; its exit code tells
-            pass
         process.wait(timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
         _kill_group(process.pid)
         process.wait()
-    isolation = _read_report(report_read)
-    if uid is not None and isolation.get("pid_namespace") is not True:
-        _kill_uid(uid)  # no PID namespace took the leftovers down: everything of the private uid goes
+    isolation = _read_json_pipe(report_read)
+    verdict = _read_pipe(verdict_read)
+    if uids is not None and isolation.get("pid_namespace") is not True:
+        for uid in uids.values():  # no PID namespace took the leftovers down: everything of the private uids goes
+            _kill_uid(uid)
     with open(output_path, "rb") as file:
         file.seek(max(0, output_path.stat().st_size - _OUTPUT_TAIL))
-        tail = file.read()
-    text = tail.decode("utf-8", "replace")
+        text = file.read().decode("utf-8", "replace")
     if timed_out:
         return SandboxResult("timed_out", None, text, isolation)
     if not isolation or (process.returncode == 125 and "sandbox: could not start the program" in text):
-        hint = "" if uid is None else (
+        hint = "" if uids is None else (
             f" Running as root, the program runs as a private uid, which must be able to execute {python}, "
             f"read its installation and enter the temporary directory {directory}; without a mount namespace the "
             "sandbox cannot expose what lies under a directory other users cannot enter (such as /root).")
         raise SandboxError(f"the sandbox could not run the program (exit code {process.returncode}): "
                            f"{text[-1000:].strip()}.{hint}")
-    passed = process.returncode == 0 and tail.endswith(b"\n" + token)
-    if passed:
-        text = text[: -len(token) - 1]
-    return SandboxResult("passed" if passed else "failed", process.returncode, text, isolation)
+    return SandboxResult("passed" if verdict == b"pass" else "failed", process.returncode, text, isolation)
 
 
-def _read_report(descriptor: int) -> dict[str, Any]:
-    """The isolation report the sandbox's init wrote to the pipe; {} if it never got that far."""
-    os.set_blocking(descriptor, False)  # every writer is gone by now; never wait on a stray one
+@functools.cache
+def _harness_source() -> str:
+    return _HARNESS.read_text(encoding="utf-8")
+
+
+def _exposed_paths(python: str) -> list[str]:
+    """What the private root shows of the machine: the system libraries and the Python installation
+    that `python` (a real path) belongs to, each once (nothing inside a directory already shown)."""
+    installations = {os.path.dirname(os.path.dirname(python))}
+    if python == os.path.realpath(sys.executable):
+        installations |= {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
+    paths = sorted({p for p in _SYSTEM_LIBRARIES if os.path.lexists(p)} | installations)
+    shown: list[str] = []
+    for path in paths:  # sorted, so a directory comes before what lies inside it
+        if not any(path.startswith(parent.rstrip("/") + "/") for parent in shown if os.path.isdir(parent)
+                   and not os.path.islink(parent)):
+            shown.append(path)
+    return shown
+
+
+def _read_pipe(descriptor: int) -> bytes:
+    """What is in the pipe now (every writer is gone by now: never wait on a stray one)."""
+    os.set_blocking(descriptor, False)
     chunks = []
     try:
         while chunk := os.read(descriptor, 65536):
@@ -230,8 +279,14 @@ def _read_report(descriptor: int) -> dict[str, Any]:
         pass
     finally:
         os.close(descriptor)
+    return b"".join(chunks)
+
+
+def _read_json_pipe(descriptor: int) -> dict[str, Any]:
+    """The isolation report the sandbox's init wrote to the pipe; {} if it never got that far."""
+    data = _read_pipe(descriptor)
     try:
-        return json.loads(b"".join(chunks)) if chunks else {}
+        return json.loads(data) if data else {}
     except ValueError:
         return {}
 
@@ -256,33 +311,12 @@ def describe_isolation(report: dict[str, Any]) -> dict[str, str | None]:
 
     return {
         "network namespace (no network)": missing("network_namespace"),
-        "read-only filesystem, tmpfs work dir": missing("read_only_filesystem"),
+        "private filesystem (only the libraries, Python and a tmpfs work dir)": missing("private_filesystem"),
         "PID namespace (leftover processes die)": missing("pid_namespace"),
-        "private /proc": missing("private_proc"),
+        "private /proc (the program's own processes only)": missing("private_proc"),
         "process cap": None if report.get("process_cap") != "relative"
         else "RLIMIT_NPROC relative to your current process count (no private uid or user namespace)",
     }
-
-
-def _cover_for_private_uid(sandbox_directory: Path) -> list[tuple[str, list[str]]]:
-    """Directories other users cannot enter that hold this Python installation or the sandbox
-    directory (e.g. `/root` for a pyenv Python, or a TMPDIR under it), and the trees to keep.
-
-    Returns (hidden directory, [trees under it]) pairs for `sandbox_child` to cover with a tmpfs and
-    bind back, so the private uid can run this interpreter on the program files.
-    """
-    trees = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, str(sandbox_directory),
-             os.path.dirname(os.path.realpath(sys.executable)), *site.getsitepackages()}
-    cover: dict[str, set[str]] = {}
-    for tree in {os.path.realpath(t) for t in trees if os.path.isdir(t)}:
-        parts = Path(tree).parts
-        for depth in range(1, len(parts)):
-            ancestor = str(Path(*parts[:depth]))
-            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
-                cover.setdefault(ancestor, set()).add(tree)
-                break
-    return [(hidden, sorted(t for t in kept if not any(t != o and t.startswith(o + os.sep) for o in kept)))
-            for hidden, kept in sorted(cover.items())]
 
 
 def _kill_group(pgid: int) -> None:

@@ -1,12 +1,16 @@
 """The `math` scorer: is the completion's final answer mathematically equal to the reference?
 
-Equivalence is decided by the `math-verify` package (Hugging Face): it extracts the answer from the
-completion (the last `\\boxed{...}`, a `$...$` expression, or a plain number or expression), parses it
-and the reference into sympy, and compares them numerically and symbolically, so `\\frac{1}{2}`,
+The completion's final answer is read by the rule `numeric` follows too (`final_answer`): its last
+`\\boxed{...}`, else what follows its `####` marker, else its final clause (from the last sentence
+or clause break before its last number); a self-correction counts the answer it ends on, and a hedge
+(several values offered for one: "4 or 5", `\\boxed{4, 5}`, `\\pm 2`) scores 0.0 unless the
+reference is itself several values (a set, a tuple, an interval). Equivalence is decided by the
+`math-verify` package (Hugging Face): it parses that answer (a `$...$` expression, a plain number or
+expression) and the reference into sympy, and compares them numerically and symbolically, so `\\frac{1}{2}`,
 `0.5` and `\\boxed{\\dfrac12}` agree, as do `x+1` and `$1+x$`, `10\\%` and `0.1`, `\\{1,2\\}` and
 `\\{2,1\\}`. A reference may be written with or without `$...$`; a GSM8K solution ending `#### 72` is
 reduced to `72`. When math-verify can parse no answer from the completion or from the reference, the
-final numbers are compared instead (`scorers.extract_number`, relative tolerance 1e-6).
+final answers' numbers are compared instead (relative tolerance 1e-6).
 Scores: 1.0 equal, 0.0 not equal, None when the completion holds no answer at all (unscorable, kept
 apart from wrong answers, as with `numeric`).
 
@@ -21,7 +25,7 @@ timeout at all (math-verify then logs a warning saying so).
 math-verify is imported on first use (it pulls in sympy, about a second); `math_answer.warm_up()`
 imports it ahead of time, which the scoring pool does in the parent so forked workers inherit it
 (and math-verify's one-time "timeout is disabled" warning is logged once, by the parent).
-Not here: choosing among several boxed answers, units, or comparing free-text answers.
+Not here: units, or comparing free-text answers.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from itersft.scoring.final_answer import final_answer
 from itersft.scoring.pool import in_scoring_worker
 
 logger = logging.getLogger(__name__)
@@ -95,16 +100,27 @@ def _parse_reference(reference: Any, timeout: int | None) -> tuple[list, str]:
     return parsed, text
 
 
+def _several_values(parsed: list) -> bool:
+    """Whether a parsed reference is several values (a set, a tuple, an interval), not one."""
+    from sympy import Tuple
+    from sympy.sets.sets import Set
+
+    return bool(parsed) and isinstance(parsed[0], Set | Tuple | list | tuple | set)
+
+
 def equivalent(completion: str, reference: Any) -> float | None:
     """1.0 if `completion`'s final answer equals `reference`, 0.0 if not, None if it has no answer."""
-    from itersft.scoring.scorers import extract_number  # here, not at the top: scorers imports this module
-
     timeout = _timeout_seconds()
     gold, gold_text = _parse_reference(reference, timeout)
-    predicted = _parse(completion, timeout)
+    final = final_answer(completion)
+    if final is not None and final.hedged and not _several_values(gold):
+        return 0.0  # alternatives offered for one value: never right, whichever is
+    predicted = _parse(final.text if final is not None else completion, timeout)
     if gold and predicted:
         return 1.0 if _load().verify(gold, predicted, timeout_seconds=timeout) else 0.0
-    expected, got = extract_number(gold_text), extract_number(completion)
+    reference_answer = final_answer(gold_text)
+    expected = reference_answer.number if reference_answer is not None else None
+    got = final.number if final is not None else None
     if got is None and not predicted:
         return None
     if expected is None:

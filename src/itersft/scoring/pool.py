@@ -27,8 +27,10 @@ not in every worker against the timeout), and `check_meta(rows) -> list[str]` (s
 `scorers.validate_meta`).
 
 On Linux each worker also asks the kernel to kill it when the process that forked it dies
-(`PR_SET_PDEATHSIG`), so a killed training run leaves no worker behind. Not here: batching inside
-workers, retries, results caching.
+(`PR_SET_PDEATHSIG`), so a killed training run leaves no worker behind. A call may score several
+samples at once (reward functions do, `reward_calls`): the pool then runs whatever the caller sends
+and checks its output with the caller's `check`; deciding what to retry is the caller's. Not here:
+results caching.
 """
 
 from __future__ import annotations
@@ -114,24 +116,25 @@ class ScorerOutputError(ValueError):
     """The scorer returned something other than one value per completion: a bug in the scorer."""
 
 
-def check_output(result: Any, expected: int, name: str) -> list[Any]:
-    """`result` as a list of `expected` values, or ScorerOutputError.
+def check_output(result: Any, expected: int, name: str, kind: str = "scorer") -> list[Any]:
+    """`result` as a list of `expected` values, or ScorerOutputError naming the `kind` ("scorer",
+    "reward function") called `name`.
 
     A mapping is refused: iterating it yields its keys, which were once taken as the scores. Sets are
     refused because they have no order; strings and bytes because they are one value, not a list.
     """
     if isinstance(result, Mapping | Set | str | bytes) or not hasattr(result, "__len__"):
         raise ScorerOutputError(
-            f"scorer {name} must return a list with one score (or None) per completion; "
+            f"{kind} {name} must return a list with one score (or None) per completion; "
             f"got {type(result).__name__}")
     if len(result) != expected:
         raise ScorerOutputError(
-            f"scorer {name} returned {len(result)} scores for {expected} samples; "
+            f"{kind} {name} returned {len(result)} scores for {expected} samples; "
             "it must return exactly one score (or None) per completion")
     return list(result)
 
 
-def to_score(value: Any, name: str, sample: str = "a sample") -> tuple[float | None, bool]:
+def to_score(value: Any, name: str, sample: str = "a sample", kind: str = "scorer") -> tuple[float | None, bool]:
     """(score, valid): None stays None; a finite number becomes a float; NaN and inf are invalid (the
     sample is unscorable: a reward model may give NaN on one odd input, which says nothing about the
     scorer). Anything else (a string, a dict, a list per sample, a multi-element tensor) is a bug in the
@@ -148,7 +151,7 @@ def to_score(value: Any, name: str, sample: str = "a sample") -> tuple[float | N
     if number is None:
         shown = repr(value)
         shown = shown if len(shown) <= 200 else shown[:197] + "..."
-        raise ScorerOutputError(f"scorer {name} returned {shown} (a {type(value).__name__}) as the score of {sample}; "
+        raise ScorerOutputError(f"{kind} {name} returned {shown} (a {type(value).__name__}) as the score of {sample}; "
                                 "a score must be a number (or None for a sample it cannot score)")
     if not math.isfinite(number):
         return None, False
@@ -160,11 +163,22 @@ Status = Literal["ok", "invalid", "error", "output_error", "crashed", "timed_out
 
 @dataclass
 class Outcome:
-    """What became of one sample: `value` is set for "ok" (a float or the scorer's None)."""
+    """What became of one call: `value` is set for "ok" (by default a float or the scorer's None; with a
+    `check` of the caller's, what that check returned)."""
 
     status: Status
-    value: float | None = None
+    value: Any = None
     message: str | None = None
+
+
+Check = Callable[[Any, str], tuple[Any, bool]]
+"""Run in the worker on what one call returned: (value, valid), or ScorerOutputError for a bad output."""
+
+
+def one_score(result: Any, name: str) -> tuple[float | None, bool]:
+    """The default `Check`: the call returned a list of one score (see `check_output`, `to_score`)."""
+    (value,) = check_output(result, 1, name)
+    return to_score(value, name)
 
 
 def scorer_name(scorer: Callable) -> str:
@@ -172,12 +186,15 @@ def scorer_name(scorer: Callable) -> str:
 
 
 def run_per_sample(scorer: Callable, calls: Sequence[tuple[tuple, dict]], timeout: float, workers: int,
-                   stop_on_error: bool = False) -> list[Outcome | None]:
-    """Call `scorer(*args, **kwargs)` for each `(args, kwargs)` in `calls` in forked workers.
+                   stop_on_error: bool = False, check: Check = one_score) -> list[Outcome | None]:
+    """Call `scorer(*args, **kwargs)` for each `(args, kwargs)` in `calls` in forked workers, each call
+    under `timeout` seconds.
 
-    Each call must return a one-element list. Returns one `Outcome` per call, in order. With
-    `stop_on_error`, scoring stops at the first error, crash or bad output (the calls not yet run
-    get None); a bad output ("output_error") always stops it, since it means the scorer is broken.
+    By default each call scores one sample and must return a one-element list (`one_score`); a caller
+    that sends several samples per call passes its own `check`, which turns what the call returned into
+    (value, valid) inside the worker. Returns one `Outcome` per call, in order. With `stop_on_error`,
+    scoring stops at the first error, crash or bad output (the calls not yet run get None); a bad
+    output ("output_error") always stops it, since it means the scorer is broken.
     """
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RuntimeError("Scoring in worker processes needs the 'fork' start method, which this platform lacks; "
@@ -194,7 +211,7 @@ def run_per_sample(scorer: Callable, calls: Sequence[tuple[tuple, dict]], timeou
             for number, worker in enumerate(slots):
                 while queue and (worker is None or worker.index is None):
                     if worker is None:
-                        worker = slots[number] = _Worker(scorer, [w for w in slots if w is not None])
+                        worker = slots[number] = _Worker(scorer, check, [w for w in slots if w is not None])
                     index = queue.popleft()
                     if worker.assign(index, calls[index], timeout):
                         unreachable = 0
@@ -233,12 +250,13 @@ def run_per_sample(scorer: Callable, calls: Sequence[tuple[tuple, dict]], timeou
 class _Worker:
     """One forked worker process and the parent's end of its pipe."""
 
-    def __init__(self, scorer: Callable, others: list[_Worker]):
+    def __init__(self, scorer: Callable, check: Check, others: list[_Worker]):
         context = multiprocessing.get_context("fork")
         self.conn, child_conn = context.Pipe(duplex=True)
         inherited = [w.conn for w in others]  # the child closes its copies of the other workers' pipes
         # Not a daemon, so a scorer may start processes of its own; `stop` or `kill` always reaps it.
-        self.process = context.Process(target=_serve, args=(child_conn, self.conn, inherited, scorer, os.getpid()),
+        self.process = context.Process(target=_serve, args=(child_conn, self.conn, inherited, scorer, check,
+                                                            os.getpid()),
                                        name="itersft-scorer", daemon=False)
         self.process.start()
         child_conn.close()
@@ -305,7 +323,7 @@ class _Worker:
         self.kill()
 
 
-def _serve(conn, parent_end, inherited, scorer: Callable, parent_pid: int) -> None:
+def _serve(conn, parent_end, inherited, scorer: Callable, check: Check, parent_pid: int) -> None:
     """The worker: score one call at a time until told to stop or the pipe closes."""
     global _in_worker
     _in_worker = True
@@ -328,20 +346,19 @@ def _serve(conn, parent_end, inherited, scorer: Callable, parent_pid: int) -> No
         if task is None:
             return
         index, (args, kwargs) = task
-        conn.send((index, *_score_one(scorer, name, args, kwargs)))
+        conn.send((index, *_score_one(scorer, check, name, args, kwargs)))
 
 
-def _score_one(scorer: Callable, name: str, args: tuple, kwargs: dict) -> tuple[Status, float | None, str | None]:
+def _score_one(scorer: Callable, check: Check, name: str, args: tuple, kwargs: dict) -> tuple[Status, Any, str | None]:
     try:
         result = scorer(*args, **kwargs)
     except BaseException as exc:  # SystemExit and MemoryError included: the worker lives on
         return "error", None, _describe(exc)
     try:
-        (value,) = check_output(result, 1, name)
-        score, valid = to_score(value, name)
+        value, valid = check(result, name)
     except ScorerOutputError as exc:
         return "output_error", None, str(exc)
-    return ("ok" if valid else "invalid"), score, None
+    return ("ok" if valid else "invalid"), value, None
 
 
 def _describe(exc: BaseException) -> str:

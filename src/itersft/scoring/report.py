@@ -42,6 +42,18 @@ class ScoringReport:
         """Samples the scorer failed on: it raised, its worker died, or it ran past the timeout."""
         return self.errors + self.timed_out
 
+    def record_error(self, sample, message: str | None) -> None:
+        """Count one sample the scorer raised (or crashed) on, remembering the first."""
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = message
+            self.first_error_sample = (sample.prompt_index, sample.sample_index)
+
+
+def describe_sample(sample) -> str:
+    """Which sample, for an error message."""
+    return f"prompt_index={sample.prompt_index}, sample_index={sample.sample_index}"
+
 
 class ScorerFailedError(RuntimeError):
     """The scorer failed on every sample of a round or an evaluation; the run stops."""

@@ -9,10 +9,15 @@ filter.
 Built-ins (`BUILTIN_SCORERS`, selectable by name from a config file): `exact_match` and `numeric`
 (also called `numeric_answer`) are the answer checks of STaR (Zelikman et al. 2022) and RFT on GSM8K
 (Yuan et al. 2023); `math` checks answer equivalence with math-verify (LaTeX, fractions, `\\boxed`;
-see `math_verifier`); `code` runs the completion against the sample's unit tests in a sandbox (see
-`code_verifier`, `code_sandbox`); `reasoning_gym` and `reasoning_gym_fallback` call a reasoning-gym
-task's own `score_answer` (see `itersft.tasks.reasoning_gym`); `regex_match` builds format checks.
-Reward models and LLM judges are user callables, passed directly or as a "package.module:function" string.
+see `math_verifier`); `numeric` and `math` read the final answer by one rule, under which a hedge
+("4 or 5") is never right and a self-correction counts its last answer (`final_answer`); `code`
+runs the completion against the sample's unit tests in a sandbox (see `code_verifier`,
+`code_sandbox`); `reasoning_gym` and `reasoning_gym_fallback` call a reasoning-gym task's own
+`score_answer` (see `itersft.tasks.reasoning_gym`); `regex_match` builds format checks. Reward models
+and LLM judges are user callables, passed directly or as a "package.module:function" string.
+
+`RewardFunctions` (reward functions in TRL's GRPO convention, with weights) take a scorer's place
+everywhere a scorer goes: `score_samples` hands them their batch (`reward_functions`).
 
 `score_samples` is the only place that calls a scorer. By default it scores each sample alone in a
 forked worker process under a hard wall-clock timeout (`pool`): a sample past the timeout
@@ -31,7 +36,6 @@ Not here: async scoring, caching.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import re
@@ -40,6 +44,8 @@ from typing import Any
 
 from itersft.sampling.samples import Sample
 from itersft.scoring.code_verifier import code
+from itersft.scoring.final_answer import NUMBER, FinalAnswer, final_answer
+from itersft.scoring.import_path import import_object, is_import_path
 from itersft.scoring.math_verifier import math_answer
 from itersft.scoring.pool import (
     ScorerOutputError,
@@ -50,7 +56,8 @@ from itersft.scoring.pool import (
     scorer_name,
     to_score,
 )
-from itersft.scoring.report import ScoringReport
+from itersft.scoring.report import ScoringReport, describe_sample
+from itersft.scoring.reward_functions import RewardFunctions
 from itersft.tasks.reasoning_gym import reasoning_gym_fallback, reasoning_gym_strict
 
 __all__ = ["BUILTIN_SCORERS", "Scorer", "ScoringReport", "exact_match", "numeric", "numeric_answer", "regex_match",
@@ -78,32 +85,29 @@ def exact_match(prompts: Sequence[str], completions: Sequence[str], answer: Sequ
     return [1.0 if c.strip() == str(a).strip() else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
-# A number: optional minus (only when not glued to a preceding word or number, so "5-3" is 5 and 3),
-# digits with optional thousands separators ("1,234,567"), optional decimals; or a bare ".5".
-_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<!\d)\.\d+)")
-_GSM8K_MARKER = "####"
-
-
-def final_number_text(text: str) -> str | None:
-    """The final numeric answer in `text` as written, thousands separators removed ("1234.5"), or None.
-
-    If the text has a GSM8K-style `#### 42` marker followed by a number, that number wins (a model may
-    keep talking after its answer); otherwise the last number in the text. Handles negatives,
-    decimals and thousands separators ("1,234.5"); not fractions, percentages or scientific notation.
-    """
-    marker = text.rfind(_GSM8K_MARKER)
-    if marker != -1:
-        match = _NUMBER.search(text, marker + len(_GSM8K_MARKER))
-        if match is not None:
-            return match.group().replace(",", "")
-    matches = _NUMBER.findall(text)
-    return matches[-1].replace(",", "") if matches else None
-
-
 def extract_number(text: str) -> float | None:
-    """The final numeric answer in `text` (`final_number_text`) as a float, or None when there is none."""
-    found = final_number_text(text)
-    return None if found is None else float(found)
+    """The number of `text`'s final answer (`final_answer`), or None when it has none.
+
+    The final answer is the last `\\boxed{...}` (its last number), else the first number after a
+    GSM8K-style `#### 42` marker (a model may keep talking after its answer), else the last number
+    in the text. Handles negatives, decimals and thousands separators ("1,234.5"); not fractions,
+    percentages or scientific notation. Whether that answer hedges is `final_answer`'s other half.
+    """
+    answer = final_answer(text)
+    return answer.number if answer is not None else None
+
+
+def final_number_text(answer: FinalAnswer) -> str | None:
+    """The number of a final answer (`final_answer`) as written, thousands separators removed ("1234.5";
+    exact where a float would round it), or None when it has none.
+
+    For a checker that reads the answer as text (reasoning-gym's `score_answer`). Whether the answer
+    hedges is the caller's to honour: a hedge is never right.
+    """
+    if answer.number is None:
+        return None
+    written = [match.group().replace(",", "") for match in NUMBER.finditer(answer.text)]
+    return next((text for text in reversed(written) if float(text) == answer.number), None)
 
 
 def _reference_number(answer: Any) -> float:
@@ -119,21 +123,27 @@ def _reference_number(answer: Any) -> float:
 
 
 def numeric(prompts: Sequence[str], completions: Sequence[str], answer: Sequence[Any], **_: Any) -> list[float | None]:
-    """1.0 where the completion's final number equals `answer` (relative tolerance 1e-6), else 0.0.
+    """1.0 where the completion's final answer is one number equal to `answer` (relative tolerance
+    1e-6), else 0.0.
 
-    The final number is found by `extract_number`; a completion without one is unscorable (None), so
-    it is counted apart from wrong answers. A reference of 0 must be matched exactly. A reference that
-    holds no number raises ValueError (bad data, reported per sample by `score_samples`).
+    The final answer and its number are found by `final_answer` (read its rule): the last box, else
+    the `####` marker, else the last number; a self-correction counts the answer it ends on, and a
+    hedge ("4 or 5", `\\boxed{4, 5}`, "10-12") scores 0.0 whichever value is right. A completion
+    without a number is unscorable (None), so it is counted apart from wrong answers. A reference of 0
+    must be matched exactly. A reference that holds no number raises ValueError (bad data, reported
+    per sample by `score_samples`).
     """
     answer = _aligned("answer", answer, len(completions))
     scores: list[float | None] = []
     for completion, reference in zip(completions, answer, strict=True):
         expected = _reference_number(reference)
-        got = extract_number(completion)
-        if got is None:
+        final = final_answer(completion)
+        if final is None or final.number is None:
             scores.append(None)
+        elif final.hedged:
+            scores.append(0.0)
         else:
-            scores.append(1.0 if math.isclose(got, expected, rel_tol=1e-6, abs_tol=0.0) else 0.0)
+            scores.append(1.0 if math.isclose(final.number, expected, rel_tol=1e-6, abs_tol=0.0) else 0.0)
     return scores
 
 
@@ -197,25 +207,22 @@ BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": num
 
 
 def resolve_scorer(spec: Scorer | str) -> Scorer:
-    """Turn `spec` into a scorer: a callable (returned as is), a `BUILTIN_SCORERS` name, or a
-    "package.module:function" import path (imported only now, so the CLI stays fast)."""
+    """Turn `spec` into a scorer: a callable or `RewardFunctions` (returned as is), a `BUILTIN_SCORERS`
+    name, or a "package.module:function" import path (imported only now, so the CLI stays fast)."""
     accepted = (
         f"a callable, a built-in name ({', '.join(sorted(BUILTIN_SCORERS))}) "
         "or an import path 'package.module:function'"
     )
-    if callable(spec):
+    if callable(spec) or isinstance(spec, RewardFunctions):
         return spec
     if not isinstance(spec, str):
         raise ValueError(f"`scorer` must be {accepted}; got {spec!r} of type {type(spec).__name__}")
     if spec in BUILTIN_SCORERS:
         return BUILTIN_SCORERS[spec]
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
+    if not is_import_path(spec):
         raise ValueError(f"`scorer` must be {accepted}; got {spec!r}")
     try:
-        target: Any = importlib.import_module(module_name)
-        for attr in attr_path.split("."):
-            target = getattr(target, attr)
+        target = import_object(spec)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"`scorer` {spec!r} could not be imported ({exc}); expected {accepted}") from exc
     if not callable(target):
@@ -268,21 +275,24 @@ def score_samples(scorer: Scorer, samples: list[Sample], fail_fast: bool = False
     samples are passed as None for those samples. With `fail_fast=True` an error is raised instead,
     as a RuntimeError naming the scorer and the first sample that fails alone (timeouts still score
     0.0). An output that is not one number (or None) per completion (`ScorerOutputError`, a
-    ValueError) always raises, naming the sample.
+    ValueError) always raises, naming the sample. `RewardFunctions` score their way (chunks of
+    samples per call, each function's reward in `sample.rewards`; see `reward_functions`).
     """
     options = options or ScoringOptions()
     name = scorer_name(scorer)
     report = ScoringReport()
     if not samples:
         return report
-    if options.in_process:
+    if isinstance(scorer, RewardFunctions):
+        results = scorer.score(samples, options, report, fail_fast)
+    elif options.in_process:
         try:
             values = _call(scorer, samples)
         except ScorerOutputError:
             raise
         except Exception as exc:
             values = _score_one_by_one(scorer, samples, report, fail_fast, exc)
-        results = [to_score(value, name, f"the sample with {_where(sample)}")
+        results = [to_score(value, name, f"the sample with {describe_sample(sample)}")
                    for sample, value in zip(samples, values, strict=True)]
     else:
         results = _score_in_workers(scorer, samples, options, report, fail_fast)
@@ -316,16 +326,16 @@ def _score_in_workers(scorer: Scorer, samples: list[Sample], options: ScoringOpt
                               stop_on_error=fail_fast)
     for sample, outcome in zip(samples, outcomes, strict=True):
         if outcome is not None and outcome.status == "output_error":
-            raise ScorerOutputError(f"{outcome.message} (on the sample with {_where(sample)})")
+            raise ScorerOutputError(f"{outcome.message} (on the sample with {describe_sample(sample)})")
     results: list[tuple[float | None, bool]] = []
     for sample, outcome in zip(samples, outcomes, strict=True):
         if outcome is None:  # not run: scoring stopped at a failure (fail_fast), raised below
             continue
         if outcome.status in ("error", "crashed"):
             if fail_fast:
-                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with {_where(sample)}: "
+                raise RuntimeError(f"scorer {scorer_name(scorer)} failed on the sample with {describe_sample(sample)}: "
                                    f"{outcome.message}")
-            _record_error(report, sample, outcome.message)
+            report.record_error(sample, outcome.message)
             results.append((None, True))
         elif outcome.status == "timed_out":
             report.timed_out += 1
@@ -356,9 +366,9 @@ def _score_one_by_one(
         except Exception as exc:
             if fail_fast:
                 raise RuntimeError(
-                    f"scorer {name} raised on the sample with {_where(sample)}: {type(exc).__name__}: {exc}"
+                    f"scorer {name} raised on the sample with {describe_sample(sample)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            _record_error(report, sample, f"{type(exc).__name__}: {exc}")
+            report.record_error(sample, f"{type(exc).__name__}: {exc}")
             values.append(None)
     if fail_fast:  # no sample fails alone: the failure needs the whole batch, so report it as such
         raise RuntimeError(
@@ -367,14 +377,3 @@ def _score_one_by_one(
         ) from batch_exc
     return values
 
-
-def _where(sample: Sample) -> str:
-    return f"prompt_index={sample.prompt_index}, sample_index={sample.sample_index}"
-
-
-def _record_error(report: ScoringReport, sample: Sample, message: str | None) -> None:
-    """Count one sample the scorer raised (or crashed) on, remembering the first."""
-    report.errors += 1
-    if report.first_error is None:
-        report.first_error = message
-        report.first_error_sample = (sample.prompt_index, sample.sample_index)

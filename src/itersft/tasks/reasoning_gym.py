@@ -34,10 +34,12 @@ both) and checks that the entry's answer is still the one in the meta.
 **Scorers.** `reasoning_gym` follows reasoning-gym's convention: the answer is the last
 `<answer>...</answer>` (`reasoning_gym.utils.extract_answer`), scored by the task's `score_answer`.
 `reasoning_gym_fallback` takes the tag too, and, when none is written and the gold answer is a number,
-the completion's last number (`itersft.scoring.scorers.final_number_text`): small instruct models
-rarely write the tags (SmolLM2-135M-Instruct wrote none in 192 greedy answers) but often end on the
-right number. Both return None (unscorable) when they find no answer, where reasoning-gym scores 0.0:
-the loop counts those apart (`samples_unscorable`), which for `reasoning_gym` is the untagged share.
+the number of the completion's final answer, read by the rule `numeric` and `math` follow
+(`itersft.scoring.final_answer`: the last box, else the `####` marker, else the last number; a hedge
+such as "4 or 5" scores 0.0): small instruct models rarely write the tags (SmolLM2-135M-Instruct
+wrote none in 192 greedy answers) but often end on the right number. Both return None (unscorable)
+when they find no answer, where reasoning-gym scores 0.0: the loop counts those apart
+(`samples_unscorable`), which for `reasoning_gym` is the untagged share.
 Partial credit stays partial: a `Threshold(1.0)` filter (the run config's default) keeps full scores
 only. `evaluate_prompts(..., extra_scorers=...)` scores the same greedy answers both ways.
 """
@@ -131,6 +133,13 @@ def gym_prompts(spec: Any, held_out_from: Sequence[Any] = (), section: str = "pr
                          "at seed s from Random(s + i): give the held-out set a seed at least the training `size` "
                          "away, or a configuration with more distinct questions.")
     return GymPrompts(prompts, meta, dropped_as_examples, dropped_as_seen)
+
+
+def gym_rows(section: str, spec: Mapping[str, Any], held_out_from: Sequence[Any] | None = None) -> list[dict]:
+    """The prompt set `{reasoning_gym: <spec>}` of a run config as rows in TRL's prompt-only format
+    (`prompt`, and the meta's `answer` and `reasoning_gym` columns), for `itersft.tasks.prompt_sources`."""
+    built = gym_prompts(spec["reasoning_gym"], held_out_from or (), section)
+    return [{"prompt": prompt, **meta} for prompt, meta in zip(built.prompts, built.meta)]
 
 
 def parse_spec(spec: Any, section: str = "prompts") -> GymTask:
@@ -285,6 +294,8 @@ def _scores(completions: Sequence[str], references: Sequence[Any], answers: Sequ
             fallback: bool) -> list[float | None]:
     from reasoning_gym.utils import extract_answer
 
+    from itersft.scoring.final_answer import final_answer
+
     # Imported here: itersft.scoring.scorers lists these scorers among its built-ins, so it imports this module.
     from itersft.scoring.scorers import final_number_text
 
@@ -301,7 +312,11 @@ def _scores(completions: Sequence[str], references: Sequence[Any], answers: Sequ
                              "as it did when the prompts were built")
         found = extract_answer(completion)
         if found is None and fallback and isinstance(entry["answer"], str) and _NUMBER.fullmatch(entry["answer"]):
-            found = final_number_text(completion)
+            final = final_answer(completion)
+            if final is not None and final.hedged:
+                scores.append(0.0)  # alternatives offered: never right, whichever is the gold answer
+                continue
+            found = final_number_text(final) if final is not None else None
         scores.append(None if found is None else float(_dataset(key).score_answer(found, entry)))
     return scores
 
