@@ -16,6 +16,7 @@ import torch
 
 from itersft.sampling.samples import Sample
 from itersft.scoring.code_verifier import code
+from itersft.scoring.final_answer import final_answer
 from itersft.scoring.math_verifier import math_answer
 from itersft.scoring.pool import ScoringOptions
 from itersft.scoring.report import ScorerFailedError, stop_if_every_sample_failed
@@ -24,6 +25,7 @@ from itersft.scoring.scorers import (
     ScoringReport,
     exact_match,
     extract_number,
+    final_number_text,
     numeric,
     numeric_answer,
     regex_match,
@@ -31,6 +33,7 @@ from itersft.scoring.scorers import (
     score_samples,
     validate_meta,
 )
+from itersft.tasks.reasoning_gym import reasoning_gym_fallback, reasoning_gym_strict
 
 IN_PROCESS = ScoringOptions(timeout=None, in_process=True)
 MODES = pytest.mark.parametrize("options", [IN_PROCESS, ScoringOptions(timeout=10, workers=2)],
@@ -73,6 +76,15 @@ def make(completions, answers=None, prompt="p"):
 )
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("It costs $1,234 in total", "1234"), ("#### -1,000\nor 7", "-1000"), ("x = 3.50", "3.50"),
+    ("\\boxed{12.0} then 5", "12.0"), ("\\boxed{x}", None),
+    ("so 123456789012345678901", "123456789012345678901"),  # exact, where a float would round it
+])
+def test_final_number_text_is_the_final_answers_number_as_written(text, expected):
+    assert final_number_text(final_answer(text)) == expected
 
 
 def test_exact_match_strips_and_stringifies():
@@ -119,7 +131,8 @@ def test_resolve_scorer_forms():
     assert resolve_scorer("itersft.scoring.scorers:exact_match") is exact_match
     assert resolve_scorer("math:isclose") is math.isclose
     assert BUILTIN_SCORERS == {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
-                               "math": math_answer, "code": code}
+                               "math": math_answer, "code": code, "reasoning_gym": reasoning_gym_strict,
+                               "reasoning_gym_fallback": reasoning_gym_fallback}
     assert numeric_answer is numeric  # the earlier name is the same function, not a copy
 
 

@@ -15,6 +15,7 @@ from itersft.cli.bad_input import BadInputError
 COMMANDS = {
     "demo": ("itersft.cli.demo", "Expert iteration on a built-in addition task, from scratch, with a control."),
     "demo-real": ("itersft.cli.demo_real", "Expert iteration on SmolLM2-135M-Instruct, word problems, with a control."),
+    "demo-gym": ("itersft.cli.demo_gym", "The same with questions from reasoning-gym, a task nobody here wrote."),
     "run": ("itersft.cli.run", "Run the generate -> score -> filter -> train loop from a YAML/JSON config."),
     "export": ("itersft.cli.export", "Export a loop run's scored samples as a TRL dataset (SFT, DPO or KTO)."),
 }

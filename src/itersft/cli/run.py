@@ -40,7 +40,8 @@ def main(args) -> int:
             if getattr(args, key):
                 config[key] = getattr(args, key)
         prompts, meta = run_config.read_prompts("prompts", config["prompts"])
-        eval_prompts, eval_meta = (run_config.read_prompts("eval_prompts", config["eval_prompts"])
+        eval_prompts, eval_meta = (run_config.read_prompts("eval_prompts", config["eval_prompts"],
+                                                           held_out_from=prompts)
                                    if config.get("eval_prompts") else (None, None))
         labelled = run_config.read_labelled(config["labelled"]) if config.get("labelled") else None
         sampling = run_config.build_sampling(config)

@@ -4,9 +4,11 @@ Every section is checked against the fields of the object it configures; an unkn
 error naming the section, the key and the accepted keys, never silently ignored.
 
 Prompts (`prompts`, `eval_prompts`, `labelled`) are read by `itersft.tasks` (a local JSON/JSONL,
-Parquet or CSV file, a `save_to_disk` folder, a `datasets` name). The prompt column is `prompt_field`;
-left out, it is `prompt` when the first row has one, else `messages`; every other column is the
-prompt's metadata (`meta_fields` restricts it). A cell holding a string is a text prompt, one holding a
+Parquet or CSV file, a `save_to_disk` folder, a `datasets` name; for `prompts` and `eval_prompts`
+also a reasoning-gym task, `{reasoning_gym: {name, size, seed, config}}`, whose held-out questions
+that are also training questions are dropped: `itersft.tasks.reasoning_gym`). The prompt column is
+`prompt_field`; left out, it is `prompt` when the first row has one, else `messages`; every other
+column is the prompt's metadata (`meta_fields` restricts it). A cell holding a string is a text prompt, one holding a
 list of `{role, content}` turns is a chat prompt (`itersft.sampling.prompts`: known roles, a user turn
 last). Whether text prompts get the chat template, and a system prompt, are `sampling.chat_template`
 (true | false | auto) and `sampling.system_prompt`: the sampling settings say how prompts are shown to
@@ -31,6 +33,7 @@ from itersft.sampling.sampler import SamplingConfig
 from itersft.scoring.reward_functions import RewardFunctions
 from itersft.scoring.scorer_choice import choose_scorer
 from itersft.tasks.prompt_sources import describe_sources, read_labelled, read_prompts
+from itersft.tasks.reasoning_gym import DEFAULT_SYSTEM_PROMPT
 
 __all__ = ["build_dataclass", "build_filter", "build_loop", "build_peft", "build_sampling", "build_scoring",
            "build_training_args", "describe_sources", "load_config", "read_labelled",
@@ -57,6 +60,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for required in ("model", "output_dir", "prompts"):
         if required not in config:
             raise ValueError(f"{path}: `{required}` is required.")
+    sampling = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
+    for section in ("prompts", "eval_prompts"):
+        gym = config[section].get("reasoning_gym") if isinstance(config.get(section), dict) else None
+        if (isinstance(gym, dict) and gym.get("system_prompt", DEFAULT_SYSTEM_PROMPT) is not None
+                and sampling.get("system_prompt") is not None):
+            raise ValueError(f"{path}: `sampling.system_prompt` is set, but `{section}.reasoning_gym` gives its "
+                             "prompts their own (reasoning-gym's `default` unless its `system_prompt` says otherwise), "
+                             "which would win: set `system_prompt: null` there to use yours.")
     return config
 
 

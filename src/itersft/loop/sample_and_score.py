@@ -52,6 +52,14 @@ def sample_and_score(model, tokenizer, sampling: SamplingConfig, scorer: Scorer,
                            meta=[meta[i] for i in share] if meta is not None else None,
                            prompt_indices=share, progress=progress)
     sampling_seconds = time.perf_counter() - started
+    return score_and_gather(scorer, local, where, ranks=ranks, scoring=scoring, fail_fast=fail_fast,
+                            sampling_seconds=sampling_seconds)
+
+
+def score_and_gather(scorer: Scorer, local: list[Sample], where: str, ranks: Ranks | None = None,
+                     scoring: ScoringOptions | None = None, fail_fast: bool = False,
+                     sampling_seconds: float = 0.0) -> ScoredSamples:
+    """Score this process's samples `local` in place, then gather every process's (see `sample_and_score`)."""
     report = score_samples(scorer, local, fail_fast=fail_fast, options=scoring)
     if ranks is None:
         samples, errors, timed_out = local, report.errors, report.timed_out

@@ -12,8 +12,9 @@ Built-ins (`BUILTIN_SCORERS`, selectable by name from a config file): `exact_mat
 see `math_verifier`); `numeric` and `math` read the final answer by one rule, under which a hedge
 ("4 or 5") is never right and a self-correction counts its last answer (`final_answer`); `code`
 runs the completion against the sample's unit tests in a sandbox (see `code_verifier`,
-`code_sandbox`); `regex_match` builds format checks. Reward models and LLM judges are
-user callables, passed directly or as a "package.module:function" string.
+`code_sandbox`); `reasoning_gym` and `reasoning_gym_fallback` call a reasoning-gym task's own
+`score_answer` (see `itersft.tasks.reasoning_gym`); `regex_match` builds format checks. Reward models
+and LLM judges are user callables, passed directly or as a "package.module:function" string.
 
 `RewardFunctions` (reward functions in TRL's GRPO convention, with weights) take a scorer's place
 everywhere a scorer goes: `score_samples` hands them their batch (`reward_functions`).
@@ -43,7 +44,7 @@ from typing import Any
 
 from itersft.sampling.samples import Sample
 from itersft.scoring.code_verifier import code
-from itersft.scoring.final_answer import final_answer
+from itersft.scoring.final_answer import NUMBER, FinalAnswer, final_answer
 from itersft.scoring.import_path import import_object, is_import_path
 from itersft.scoring.math_verifier import math_answer
 from itersft.scoring.pool import (
@@ -57,9 +58,10 @@ from itersft.scoring.pool import (
 )
 from itersft.scoring.report import ScoringReport, describe_sample
 from itersft.scoring.reward_functions import RewardFunctions
+from itersft.tasks.reasoning_gym import reasoning_gym_fallback, reasoning_gym_strict
 
 __all__ = ["BUILTIN_SCORERS", "Scorer", "ScoringReport", "exact_match", "numeric", "numeric_answer", "regex_match",
-           "resolve_scorer", "score_samples", "validate_meta", "extract_number"]
+           "resolve_scorer", "score_samples", "validate_meta", "extract_number", "final_number_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,19 @@ def extract_number(text: str) -> float | None:
     """
     answer = final_answer(text)
     return answer.number if answer is not None else None
+
+
+def final_number_text(answer: FinalAnswer) -> str | None:
+    """The number of a final answer (`final_answer`) as written, thousands separators removed ("1234.5";
+    exact where a float would round it), or None when it has none.
+
+    For a checker that reads the answer as text (reasoning-gym's `score_answer`). Whether the answer
+    hedges is the caller's to honour: a hedge is never right.
+    """
+    if answer.number is None:
+        return None
+    written = [match.group().replace(",", "") for match in NUMBER.finditer(answer.text)]
+    return next((text for text in reversed(written) if float(text) == answer.number), None)
 
 
 def _reference_number(answer: Any) -> float:
@@ -186,7 +201,8 @@ exact_match.check_meta = _answer_problems
 numeric.check_meta = _numeric_problems
 
 BUILTIN_SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "numeric": numeric, "numeric_answer": numeric,
-                                      "math": math_answer, "code": code}
+                                      "math": math_answer, "code": code, "reasoning_gym": reasoning_gym_strict,
+                                      "reasoning_gym_fallback": reasoning_gym_fallback}
 """Scorers selectable by name (e.g. from a config file); `numeric_answer` is `numeric` by its earlier name."""
 
 

@@ -4,7 +4,8 @@
 `files` reads local files and folders (JSON/JSONL, Parquet, CSV, `save_to_disk`) and `datasets` names;
 `prompt_rows` turns rows in TRL's prompt-only format into prompts and metadata, and
 `prompts_from_dataset` does it for a `datasets.Dataset`; `code_benchmarks` loads HumanEval- and
-MBPP-format problems from local files.
+MBPP-format problems from local files; `reasoning_gym` builds prompts from reasoning-gym's tasks
+(held-out sets without the training questions) and holds the scorers that check them.
 """
 
 from __future__ import annotations
