@@ -128,3 +128,21 @@ def test_held_out_accuracy_is_reported_strictly_and_with_the_fallback_from_one_g
     ones = sum(row["answer"] == "1" for row in held_out.meta) / len(held_out.meta)
     assert 0 < ones < 1
     assert (metrics["eval_accuracy"], metrics["eval_accuracy_strict"]) == (ones, 0.0)
+
+
+def test_the_example_config_reads_disjoint_training_and_held_out_questions():
+    """examples/reasoning_gym.yaml, as `itersft run` reads it before any model loads."""
+    from pathlib import Path
+
+    from itersft.cli import run_config
+
+    config = run_config.load_config(Path(__file__).parents[2] / "examples" / "reasoning_gym.yaml")
+    prompts, meta = run_config.read_prompts("prompts", config["prompts"])
+    eval_prompts, eval_meta = run_config.read_prompts("eval_prompts", config["eval_prompts"], held_out_from=prompts)
+    assert len(prompts) == 256 and 0 < len(eval_prompts) <= 192
+    assert not {p[-1]["content"] for p in prompts} & {p[-1]["content"] for p in eval_prompts}
+    # No system turn: the sampling settings add theirs.
+    assert all(turn["role"] == "user" for prompt in prompts for turn in prompt)
+    assert run_config.build_scoring(config) == ("reasoning_gym_fallback", None)
+    assert run_config.build_sampling(config).system_prompt.startswith("Answer the question.")
+    assert {"answer", "reasoning_gym"} <= set(meta[0]) and {"answer", "reasoning_gym"} <= set(eval_meta[0])
