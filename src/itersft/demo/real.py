@@ -95,7 +95,8 @@ class RealDemoHyperparameters:
             solves k times out of k do not outweigh the rest.
         learning_rate: AdamW learning rate, constant.
         batch_size: samples per optimizer update.
-        sampler_batch_size: questions per `generate` call.
+        sampler_batch_size: questions decoded at once in a round, `samples_per_prompt` rows each;
+            greedy evaluation decodes as many rows, one per question.
         precision: "auto" (bfloat16 autocast where the device runs it fast, else float32; see
             `itersft.precision`), "bf16" (bfloat16 autocast, with a warning where it is slow) or "fp32",
             for sampling, training and evaluation alike.
@@ -218,7 +219,10 @@ def run_real_demo(seed: int, output_dir: str | Path,
     sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
                               temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=seed,
                               system_prompt=hp.system_prompt)
-    greedy = dataclasses.replace(sampling, max_new_tokens=hp.eval_max_new_tokens)
+    # Greedy decoding gives one row per question: as many questions at once as a round has rows, or a
+    # CPU spends most of the evaluation on small matrix products.
+    greedy = dataclasses.replace(sampling, max_new_tokens=hp.eval_max_new_tokens,
+                                 batch_size=hp.sampler_batch_size * hp.samples_per_prompt)
 
     def accuracy(trained) -> dict[str, float]:
         """Greedy held-out accuracy as `accuracy`, and by each `also_evaluated` scorer as `accuracy_<name>`."""
