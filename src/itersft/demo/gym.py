@@ -56,7 +56,8 @@ class GymDemoHyperparameters(RealDemoHyperparameters):
     """The settings of `itersft demo-gym`: those of `RealDemoHyperparameters`, other defaults, and the task.
 
     Attributes (besides the inherited ones):
-        task: the reasoning-gym configuration, a key of `TASKS`.
+        task: the reasoning-gym configuration, a key of `TASKS`: `chain_sum` by default, where the base
+            model's held-out accuracy (16.8% at seed 0) leaves room to learn; on `arithmetic` it is 65.7%.
         few_shot: worked examples shown before every question (0: none; see `itersft.tasks.reasoning_gym`).
         verifier: what the loop keeps: "fallback" (the tag, else the last number) or "strict" (the tag).
             Held-out accuracy is always the fallback's, with the strict one beside it.
@@ -64,7 +65,7 @@ class GymDemoHyperparameters(RealDemoHyperparameters):
 
     system_prompt: str = "Answer the question. End with the final answer as a number."
     verifier: str = "fallback"
-    task: str = "arithmetic"
+    task: str = "chain_sum"
     few_shot: int = 0
 
     verifiers: ClassVar[dict[str, str]] = GYM_VERIFIERS
