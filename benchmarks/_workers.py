@@ -1,10 +1,11 @@
 """The systems the training benchmark times, each in its own process: `python _workers.py SYSTEM ...`.
 
 A process per system makes peak RSS comparable (each is its own high-water mark) and lets TRL run in
-its own virtualenv (transformers 4.x). Every system loads the same saved weights and trains on the
-same texts (`_common.text_workload`). It runs step 0 as a warm-up and prints `RESULT {"ready": true}`;
-then each line `round` on stdin runs steps 1..N (the same texts every round) and prints one `RESULT
-{json}` line: per step the seconds, real (non-padding) tokens, computed tokens (padding included) and
+its own virtualenv (transformers 4.x). Every system loads the same saved weights and tokenizer and
+trains on the same texts: the `step()` calls of `--calls`, a JSON list of lists of texts written by
+the driver (`_texts.write_calls`). It runs call 0 as a warm-up and prints `RESULT {"ready": true}`;
+then each line `round` on stdin runs the next N calls (`--steps`) and prints one `RESULT {json}`
+line: per call the seconds, real (non-padding) tokens, computed tokens (padding included) and
 optimizer updates, and the round's first loss. So the driver interleaves the systems round by round
 without paying a process start per round. End of input: a last `RESULT` line with peak RSS (and, on
 CUDA, peak device memory), then exit.
@@ -20,13 +21,15 @@ Systems:
            `--accumulation A` it runs micro-batches of 4 x A samples: one update per A x 4 samples, as
            itersft makes, over the same samples. The updates it takes are counted, not assumed.
 
-    printf 'round\nround\n' | python _workers.py itersft --model DIR --accumulation 4 --steps 3 [--device cuda --bf16]
+    printf 'round\nround\n' | python _workers.py itersft --model DIR --calls FILE --accumulation 4 --steps 3 \
+        [--device cuda --bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -35,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import BATCH_SIZE, EOS_TEXT, MAX_LENGTH, TRAINING_SAMPLES, emit, peak_rss_mib, text_workload  # noqa: E402
+from _common import BATCH_SIZE, EOS_TEXT, emit, peak_rss_mib  # noqa: E402
 
 LEARNING_RATE = 1e-4
 
@@ -94,7 +97,7 @@ def trl_stepper(args, model_dir: Path):
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     # transformers 4 cannot read the tokenizer class name transformers 5 saved; the file itself is the same
-    # byte-level tokenizer (`itersft.toy.build_tokenizer`, whose special tokens these are).
+    # tokenizer: the toy one (`itersft.toy.build_tokenizer`) or `_texts`'s BPE, both with these special tokens.
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), pad_token="<pad>",
                                         bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     # A fair run: max_steps set and a constant schedule, so the LR is not decayed to zero (TRL's default);
@@ -130,9 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("system", choices=["itersft", "bare", "trl"])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    parser.add_argument("--samples", type=int, default=TRAINING_SAMPLES, help="texts per step")
-    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="longest text, in tokens")
+    parser.add_argument("--calls", required=True, help="JSON file: the texts of each step() call, warm-up first")
+    parser.add_argument("--steps", type=int, default=3, help="timed calls per round")
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--batching", default=None, help="itersft/bare layout; default: the library's default")
     parser.add_argument("--device", default="cpu")
@@ -155,8 +157,10 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
+    calls = json.loads(Path(args.calls).read_text())
+
     def timed(index: int) -> tuple[float, dict]:
-        work = prepare(text_workload(index, samples=args.samples, max_length=args.max_length))
+        work = prepare(calls[index])
         sync()
         started = clock()
         done = step(work)
@@ -167,17 +171,19 @@ def main() -> None:
 
     timed(0)  # warm-up: lazy initialisation, allocator, kernels
     emit({"ready": True})
+    done_calls = 1
     for command in sys.stdin:  # one line per round from the driver; anything else ends the process
         if command.strip() != "round":
             break
         result = {"step_seconds": [], "real_tokens": [], "computed_tokens": [], "updates": [], "loss": None}
-        for index in range(1, args.steps + 1):  # the same texts every round: equal work in every round
+        for index in range(done_calls, done_calls + args.steps):  # every system runs the same calls in a round
             seconds, done = timed(index)
             result["step_seconds"].append(seconds)
             result["real_tokens"].append(int(done["real"]))
             result["computed_tokens"].append(int(done["computed"]))
             result["updates"].append(int(done["updates"]))
             result["loss"] = done["loss"] if result["loss"] is None else result["loss"]
+        done_calls += args.steps
         emit(result)
     emit({"peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(), "torch": torch.__version__,
           "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None})

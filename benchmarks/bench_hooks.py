@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from _common import BATCH_SIZE, emit, machine, median, parse, save_model, table, workload  # noqa: E402
+from torch.nn.utils.rnn import pad_sequence  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parent / "src"
@@ -44,11 +45,11 @@ SYSTEMS = ("before", "default", "collator", "override (super)", "override (full 
 
 
 def pad_like_the_trainer(pad_token_id: int):
-    """A plain collator: right-pad, labels the ids with -100 on padding (what `step()` does itself)."""
+    """A plain collator on the features' tensors: right-pad, labels the ids with -100 on padding (what `step()`
+    does itself)."""
     def collate(features: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.tensor([f["input_ids"] + [pad_token_id] * (width - len(f["input_ids"])) for f in features])
-        mask = torch.tensor([f["attention_mask"] + [0] * (width - len(f["input_ids"])) for f in features])
+        ids = pad_sequence([f["input_ids"] for f in features], batch_first=True, padding_value=pad_token_id)
+        mask = pad_sequence([f["attention_mask"] for f in features], batch_first=True, padding_value=0)
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
     return collate

@@ -155,14 +155,14 @@ class ForwardTimer:
 
 def renderer_of(model, tokenizer, settings):
     """The Sampler's prompt renderer for these settings: the prompt ids and stop ids every system uses."""
-    from itersft.loop.sampler import Sampler, SamplingConfig
+    from itersft.sampling.sampler import Sampler, SamplingConfig
 
     return Sampler(model, tokenizer, SamplingConfig(chat_template=settings["chat_template"])).renderer
 
 
 def systems_for(model, tokenizer, texts, settings, continuous: bool):
     """name -> function(round_index) returning the number of sampled tokens (stop token included)."""
-    from itersft.loop.sampler import Sampler, SamplingConfig
+    from itersft.sampling.sampler import Sampler, SamplingConfig
 
     n, batch = settings["max_new_tokens"], settings["batch_size"]
     renderer = renderer_of(model, tokenizer, settings)

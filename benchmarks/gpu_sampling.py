@@ -66,7 +66,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from itersft.loop.sampler import Sampler, SamplingConfig
+    from itersft.sampling.sampler import Sampler, SamplingConfig
 
     model_dir = prepare_model(args.model, Path(tempfile.mkdtemp()))
     dtype = torch.bfloat16 if args.bf16 else torch.float32

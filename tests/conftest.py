@@ -4,7 +4,7 @@ Each fixture saves what it builds with `save_pretrained` and loads it back with 
 the tests exercise the loading path real users take with hub ids and local checkpoints.
 
 Under `CI=true` (set by `.ci/run`) a skipped test marked with one of `REQUIRED_IN_CI` is a failure:
-`make test` installs DeepSpeed and SmolLM2, so a skip there means CI ran without them and would
+`make test` installs DeepSpeed, SmolLM2 and reasoning-gym, so a skip there means CI ran without them and would
 otherwise pass with those parts untested.
 """
 
@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from itersft.toy import save_toy
 
-REQUIRED_IN_CI = ("deepspeed", "smollm2")
+REQUIRED_IN_CI = ("deepspeed", "smollm2", "reasoning_gym")
 """Markers whose tests must run, not skip, under CI=true."""
 
 

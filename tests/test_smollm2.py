@@ -21,12 +21,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.cli.demo_real import PRECISION_NAMES
 from itersft.data.chat import end_of_turn_token_id
 from itersft.demo.calculation_check import checked_calculation
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.prompts import PromptRenderer
-from itersft.loop.sampler import SamplingConfig
+from itersft.precision import choose_precision
+from itersft.sampling.prompts import PromptRenderer
+from itersft.sampling.sampler import SamplingConfig
 from itersft.trainer.setup import load_model, load_tokenizer
 
 pytestmark = [
@@ -143,15 +145,24 @@ def test_one_round_of_the_loop_finishes_and_writes_its_artefacts(smollm2, tmp_pa
     assert AutoTokenizer.from_pretrained(run / "final").eos_token == "<|im_end|>"
 
 
-def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(smollm2, tmp_path):
-    """`itersft demo-real --quick` end to end (about half a minute); the saved copy stands in for the short
-    name, whose loading the fixture has already checked."""
+def run_quick_demo(command: str, smollm2, output_dir, *settings: str) -> subprocess.CompletedProcess:
+    """`itersft <command> --quick --seed 0 [--set NAME=VALUE ...]`, checked to succeed; the saved copy of
+    SmolLM2 stands in for the short name, whose loading the fixture has already checked."""
     loaded, _ = smollm2
-    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", "demo-real", "--quick", "--seed", "0",
-                             "--model", str(loaded.directory), "--output-dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "itersft.cli.main", command, "--quick", "--seed", "0",
+                             "--model", str(loaded.directory), "--output-dir", str(output_dir),
+                             *[argument for setting in settings for argument in ("--set", setting)]],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(smollm2, tmp_path):
+    """`itersft demo-real --quick` end to end (about half a minute)."""
+    result = run_quick_demo("demo-real", smollm2, tmp_path)
     assert "eval acc" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
+    auto = choose_precision("auto", "cpu")  # the demo's default, decided as this process decides it
+    assert f"precision: {PRECISION_NAMES[auto.name]}; {auto.reason}\n" in result.stdout
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -174,6 +185,7 @@ def test_quick_real_demo_runs_its_protocol_and_never_trains_on_a_held_out_pair(s
         # The loop's verifier is the calculation check, not the number alone.
         assert checked_calculation([None], [sample["completion"]], [sample["meta"]["answer"]]) == [1.0]
     assert summary["hyperparameters"]["verifier"] == "calculation"
+    assert summary["precision"] == {"name": auto.name, "reason": auto.reason}
     identity = json.loads((tmp_path / "run_identity.json").read_text())["identity"]
     assert identity["scorer"] == "itersft.demo.calculation_check:checked_calculation"  # what the loop was given
 
@@ -214,3 +226,36 @@ def test_real_demo_with_adapters_starts_the_control_from_the_base_weights_and_fr
     for name, value in loop_start["base"].items():
         assert torch.equal(value, control_start["base"][name]), name  # the loop's training left no trace
     assert (tmp_path / "final" / "adapter_config.json").is_file()
+
+
+@pytest.mark.reasoning_gym
+@pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None, reason="needs `pip install reasoning-gym`")
+def test_quick_gym_demo_runs_the_protocol_on_reasoning_gym_questions_it_never_trains_on(smollm2, tmp_path):
+    """`itersft demo-gym --quick` end to end: the real demo's protocol on a reasoning-gym task, the fallback
+    scorer as verifier, held-out accuracy both ways, and no held-out question among the trained ones."""
+    from itersft.demo.gym import GymDemoHyperparameters
+    from itersft.tasks.reasoning_gym import reasoning_gym_fallback
+
+    # basic_arithmetic: the base model answers most of it, so the quick run's 32 answers hold right ones.
+    result = run_quick_demo("demo-gym", smollm2, tmp_path, "task=arithmetic")
+    assert "strict accuracy: base model" in result.stdout and "held-out greedy accuracy: base model" in result.stdout
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert summary["control_updates"] == summary["loop_updates"] == metrics["train_updates"] > 0
+    assert set(summary["accuracy_strict"]) == {"before_loop", "after_loop", "control"}
+    assert summary["hyperparameters"]["precision"] == "auto"  # the real demo's setting and default
+    assert summary["precision"]["name"] in ("bf16", "fp32") and summary["precision"]["reason"]
+    task = GymDemoHyperparameters(**summary["hyperparameters"]).make_task(0)
+    assert summary["held_out_questions"] == len(task.eval_prompts) == 6
+    held_out = {prompt[-1]["content"] for prompt in task.eval_prompts}
+    accepted = [json.loads(line) for line in (tmp_path / "accepted" / "round-0000.jsonl").read_text().splitlines()]
+    assert accepted
+    for sample in accepted:
+        system, user = sample["messages"]
+        assert system == {"role": "system", "content": summary["hyperparameters"]["system_prompt"]}
+        assert user["content"] not in held_out
+        assert sample["score"] == 1.0 and sample["finished"]
+        assert reasoning_gym_fallback([None], [sample["completion"]], [sample["meta"]["reasoning_gym"]]) == [1.0]
+    identity = json.loads((tmp_path / "run_identity.json").read_text())["identity"]
+    assert identity["scorer"] == "reasoning_gym_fallback"

@@ -7,21 +7,16 @@ train loop for you.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from itersft.lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["IterativeSFTConfig", "IterativeSFTTrainer"]
-
-# Imported on first use, so `import itersft` (and `itersft --help`) does not pay for torch/transformers.
-_LAZY = {"IterativeSFTConfig": "itersft.config", "IterativeSFTTrainer": "itersft.trainer"}
 
 if TYPE_CHECKING:
     from itersft.config import IterativeSFTConfig
     from itersft.trainer import IterativeSFTTrainer
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'itersft' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"IterativeSFTConfig": "itersft.config",
+                                      "IterativeSFTTrainer": "itersft.trainer"})

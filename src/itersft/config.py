@@ -22,9 +22,10 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 BATCHING_MODES = ("auto", "sorted", "packed", "padded")
 
 
-def documented(default: Any, help: str) -> Any:
-    """A dataclass field with its help text (shown by `HfArgumentParser` and in the docs)."""
-    return field(default=default, metadata={"help": help})
+def documented(default: Any, help: str, identity: bool = True) -> Any:
+    """A dataclass field with its help text (shown by `HfArgumentParser` and in the docs); `identity=False`
+    for a setting that does not change what a loop run trains (left out of its identity: `run_identity`)."""
+    return field(default=default, metadata={"help": help, **({} if identity else {"identity": False})})
 
 
 @dataclass
@@ -42,7 +43,7 @@ class IterativeSFTConfig(TrainingArguments):
         "Which tokens truncation keeps: `keep_end` (the last `max_length`) or "
         "`keep_start` (the first `max_length`).")
     optimize_device_cache: bool = documented(False,
-        "Free the accelerator's cached memory after every `step()` (no-op on CPU).")
+        "Free the accelerator's cached memory after every `step()` (no-op on CPU).", identity=False)
     model_init_kwargs: dict[str, Any] | None = documented(None,
         "Keyword arguments for `from_pretrained` when `model` is a hub id or a path "
         "(e.g. `{'dtype': 'bfloat16'}`). Only valid with a model given by name.")
@@ -70,7 +71,7 @@ class IterativeSFTConfig(TrainingArguments):
         "one is unchanged. Costs one more copy of both (with AdamW, 3x the trainable weights; small with LoRA). "
         "False saves that memory: a non-finite weight after an update then raises instead. Not under DeepSpeed.")
     logging_steps: float = documented(10,
-        "Log every this many optimizer updates (checked at the end of each `step()`).")
+        "Log every this many optimizer updates (checked at the end of each `step()`).", identity=False)
 
     def __post_init__(self):
         super().__post_init__()

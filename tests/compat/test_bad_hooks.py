@@ -27,9 +27,11 @@ def weights(model) -> dict[str, torch.Tensor]:
 
 
 def padded(features, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.tensor([f["input_ids"] + [pad_token_id] * (width - len(f["input_ids"])) for f in features])
-    mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+    """The features' 1-D tensors right-padded into `(ids, mask)`."""
+    width = max(f["input_ids"].size(0) for f in features)
+    ids = torch.stack([F.pad(f["input_ids"], (0, width - f["input_ids"].size(0)), value=pad_token_id)
+                       for f in features])
+    mask = torch.stack([F.pad(f["attention_mask"], (0, width - f["attention_mask"].size(0))) for f in features])
     return ids, mask
 
 

@@ -47,18 +47,18 @@ class AnswerOnlyCollator:
     def __call__(self, features):
         for feature in features:
             self.keys |= set(feature)
-        width = max(len(f["input_ids"]) for f in features)
+        width = max(f["input_ids"].size(0) for f in features)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features])
-        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+        ids = torch.stack([F.pad(f["input_ids"], (0, width - f["input_ids"].size(0)), value=pad) for f in features])
+        mask = torch.stack([F.pad(f["attention_mask"], (0, width - f["attention_mask"].size(0))) for f in features])
         labels = torch.full_like(ids, IGNORE_INDEX)
-        marker = self.tokenizer(MARKER, add_special_tokens=False)["input_ids"]
+        marker = torch.tensor(self.tokenizer(MARKER, add_special_tokens=False)["input_ids"])
         for row, feature in enumerate(features):
             tokens = feature["input_ids"]
-            for start in range(len(tokens) - len(marker) + 1):
-                if tokens[start : start + len(marker)] == marker:
-                    labels[row, start + len(marker) : len(tokens)] = ids[row, start + len(marker) : len(tokens)]
-                    break
+            found = (tokens.unfold(0, marker.size(0), 1) == marker).all(dim=1).nonzero()
+            if len(found):
+                answer = int(found[0]) + marker.size(0)
+                labels[row, answer : tokens.size(0)] = tokens[answer:]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -324,9 +324,9 @@ def test_a_window_whose_collated_labels_are_all_masked_is_skipped(causal_model, 
     """A collator that masks every label of a window: that update is skipped (no division by zero, no
     weight change), the next window trains."""
     def mask_short_samples(features):
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.tensor([f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features])
-        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+        width = max(f["input_ids"].size(0) for f in features)
+        ids = torch.stack([F.pad(f["input_ids"], (0, width - f["input_ids"].size(0))) for f in features])
+        mask = torch.stack([F.pad(f["attention_mask"], (0, width - f["attention_mask"].size(0))) for f in features])
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         labels[mask.sum(1) < 5] = IGNORE_INDEX
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from itersft.demo.calculation_check import checked_calculation, holds
-from itersft.loop.samples import Sample
-from itersft.loop.scoring.scorers import numeric, resolve_scorer, score_samples
+from itersft.sampling.samples import Sample
+from itersft.scoring.scorers import numeric, resolve_scorer, score_samples
 
 
 @pytest.mark.parametrize("completion, answer, expected", [

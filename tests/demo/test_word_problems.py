@@ -8,7 +8,7 @@ import re
 import pytest
 
 from itersft.demo import word_problems as wp
-from itersft.loop.scoring.scorers import numeric
+from itersft.scoring.scorers import numeric
 
 
 def _numbers_in(question: str) -> list[int]:

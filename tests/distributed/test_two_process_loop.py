@@ -55,7 +55,8 @@ def test_two_process_loop_writes_the_same_artefacts(tmp_path, answering_dir):
 
     assert set(listing(one)) <= set(listing(two))
     assert (two / "rounds" / "round-0001" / "rng_state_1.pth").exists()
-    assert (one / "accepted" / "round-0000.jsonl").read_text() == (two / "accepted" / "round-0000.jsonl").read_text()
+    for written in ("accepted", "samples"):  # the main process writes every rank's samples, as one process does
+        assert (one / written / "round-0000.jsonl").read_text() == (two / written / "round-0000.jsonl").read_text()
     first = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     second = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [m.keys() for m in first] == [m.keys() for m in second]

@@ -30,9 +30,10 @@ PROMPT_TOKENS = 2
 
 def prompt_masking_collator(features: list[dict]) -> dict[str, torch.Tensor]:
     """Right-pads; labels are the ids, except padding and each sample's first `PROMPT_TOKENS` tokens."""
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.tensor([f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features])
-    mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+    width = max(f["input_ids"].size(0) for f in features)
+    ids = torch.stack([torch.nn.functional.pad(f["input_ids"], (0, width - f["input_ids"].size(0))) for f in features])
+    mask = torch.stack([torch.nn.functional.pad(f["attention_mask"], (0, width - f["attention_mask"].size(0)))
+                        for f in features])
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :PROMPT_TOKENS] = -100
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -20,9 +20,9 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTTrainer
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
+from itersft.sampling.sampler import SamplingConfig
 
 PROMPTS = [f"q{i}:" for i in range(9)]
 META = [{"answer": ("x", "y")[i % 3 == 0]} for i in range(9)]

@@ -14,9 +14,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
+from itersft.sampling.sampler import SamplingConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

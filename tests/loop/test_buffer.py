@@ -7,7 +7,7 @@ import json
 import pytest
 
 from itersft.loop.buffer import ReplayBuffer, mix_with_labelled
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 def sample(i, kind="gen"):

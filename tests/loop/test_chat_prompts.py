@@ -21,11 +21,11 @@ from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.cli import run as run_command
 from itersft.cli import run_config
 from itersft.data.chat import end_of_turn_token_id
+from itersft.filters import Threshold
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.prompts import PromptRenderer
-from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.samples import Sample
+from itersft.sampling.prompts import PromptRenderer
+from itersft.sampling.sampler import Sampler, SamplingConfig
+from itersft.sampling.samples import Sample
 from itersft.toy import build_tokenizer
 
 CHATML_LIKE = (
@@ -316,9 +316,12 @@ def test_itersft_run_samples_and_trains_chat_prompts(tmp_path, chat_answering_di
 
 
 def _run_without_a_model(tmp_path, rows, sampling=None, tokenizer_dir=None):
-    """`itersft run` whose `model` does not exist: an error about it would mean a model load was tried."""
+    """`itersft run` whose `model` is a folder with a config but no weights: it passes the check on the model's
+    path, which comes first, but an error about loading it would mean a model load was tried."""
     rows = [{**row, "answer": "a"} for row in rows]  # exact_match's reference: the scorer's check passes
-    config = {"model": str(tmp_path / "no-such-model"), "output_dir": str(tmp_path / "run"),
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text("{}")
+    config = {"model": str(tmp_path / "no-weights"), "output_dir": str(tmp_path / "run"),
               "prompts": {"path": str(_jsonl(tmp_path / "prompts.jsonl", rows))}, "scorer": "exact_match",
               "sampling": sampling or {}}
     if tokenizer_dir is not None:

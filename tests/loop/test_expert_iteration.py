@@ -23,11 +23,11 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.filters import Threshold
 from itersft.loop.callbacks import LoopCallback
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
-from itersft.loop.samples import Sample
+from itersft.sampling.sampler import SamplingConfig
+from itersft.sampling.samples import Sample
 
 PROMPTS = [f"q{i}:" for i in range(12)]
 ANSWERS = ["x" if i % 2 else "y" for i in range(12)]
@@ -76,7 +76,7 @@ def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
     assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["accepted", "curves.png", "final", "loop_summary.json", "metrics.jsonl", "rounds", "run_identity.json",
-         "trainer"])
+         "samples", "trainer"])
     assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round-0000", "round-0001"]
     round_files = {p.name for p in (tmp_path / "rounds" / "round-0001").iterdir()}
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
@@ -86,10 +86,19 @@ def test_two_rounds_write_exactly_the_expected_artefacts(tmp_path, base_dir):
     assert [json.loads(line)["round"] for line in lines] == [0, 1]
     for m in history:
         assert m["samples_drawn"] == 6 * 3
-        assert m["samples_kept"] == sum(1 for _ in _accepted(tmp_path, m["round"])) + m["samples_unfinished"]
-        assert m["train_samples"] == m["samples_kept"] - m["samples_unfinished"]
+        assert m["samples_kept"] == m["train_samples"] == len(_accepted(tmp_path, m["round"]))
         assert 0.0 <= m["eval_accuracy"] <= 1.0
         assert {"acceptance_rate", "kept_reward_mean", "distinct_2", "pass@1", "pass@k", "train_loss"} <= m.keys()
+        # Every drawn sample, in the samples file; the kept ones are exactly those trained on (accepted/).
+        drawn = _drawn(tmp_path, m["round"])
+        assert len(drawn) == m["samples_drawn"] and {s["round"] for s in drawn} == {m["round"]}
+        assert sorted((s["prompt_index"], s["sample_index"]) for s in drawn) == sorted(
+            (i, j) for i in range(6 * m["round"], 6 * m["round"] + 6) for j in range(3))
+        accepted = _accepted(tmp_path, m["round"])
+        assert [(s["prompt"], s["completion"], s["score"]) for s in drawn if s["kept"]] == [
+            (s["prompt"], s["completion"], s["score"]) for s in accepted]
+        assert sum(not s["finished"] for s in drawn) >= m["samples_unfinished"]
+        assert all(s["score"] == float(s["completion"].strip() == ANSWERS[s["prompt_index"]]) for s in drawn)
     # Round 1 samples a fresh slice of prompts.
     assert {s["prompt_index"] for s in _accepted(tmp_path, 1)} <= set(range(6, 12))
     assert all(s["score"] == 1.0 for r in (0, 1) for s in _accepted(tmp_path, r))
@@ -140,8 +149,7 @@ def test_replay_buffer_and_labelled_data_join_the_training_set(tmp_path, base_di
     history = loop.run(PROMPTS, _meta())
     first, second = history
     assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in history)
-    kept_first = first["samples_kept"] - first["samples_unfinished"]
-    kept_second = second["samples_kept"] - second["samples_unfinished"]
+    kept_first, kept_second = first["samples_kept"], second["samples_kept"]
     assert first["train_samples"] == 2 * kept_first  # no buffer yet; labelled = generated at ratio 0.5
     assert second["train_samples"] == 2 * (kept_second + min(2, kept_first))
     assert len(loop.buffer) == kept_first + kept_second
@@ -162,6 +170,11 @@ def test_reset_optimizer_clears_its_state_each_round(tmp_path, base_dir):
 
 def _accepted(run_dir: Path, round_index: int):
     path = run_dir / "accepted" / f"round-{round_index:04d}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _drawn(run_dir: Path, round_index: int):
+    path = run_dir / "samples" / f"round-{round_index:04d}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -224,9 +237,10 @@ def _run_cli(config: Path, env: dict[str, str] | None = None, **popen):
 def _comparable(run_dir: Path):
     metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    accepted = {p.name: p.read_text() for p in sorted((run_dir / "accepted").iterdir())}
+    written = {f"{folder}/{p.name}": p.read_text() for folder in ("accepted", "samples")
+               for p in sorted((run_dir / folder).iterdir())}
     weights = AutoModelForCausalLM.from_pretrained(run_dir / "final").state_dict()
-    return metrics, accepted, weights
+    return metrics, written, weights
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +250,11 @@ def uninterrupted_run(tmp_path_factory, base_dir):
     reference = _run_cli(_write_run_config(directory, base_dir, directory / "run"))
     output, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, output
-    metrics, accepted, weights = _comparable(directory / "run")
+    metrics, written, weights = _comparable(directory / "run")
     assert all(m["samples_kept"] > 0 and m["train_updates"] > 0 for m in metrics)
+    assert sorted(written) == [f"{folder}/round-{r:04d}.jsonl" for folder in ("accepted", "samples") for r in range(4)]
     assert sorted(p.name for p in (directory / "run" / "rounds").iterdir()) == ["round-0002", "round-0003"]
-    return metrics, accepted, weights
+    return metrics, written, weights
 
 
 @pytest.mark.parametrize("kill_after_round", [0, 2])
@@ -267,9 +282,9 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, base_dir, un
 
 
 def _assert_same_run(got, expected):
-    (metrics, accepted, weights), (expected_metrics, expected_accepted, expected_weights) = got, expected
+    (metrics, written, weights), (expected_metrics, expected_written, expected_weights) = got, expected
     assert metrics == expected_metrics
-    assert accepted == expected_accepted
+    assert written == expected_written  # accepted/ and samples/: every round once, as the uninterrupted run wrote it
     for name, tensor in expected_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
 

@@ -15,8 +15,8 @@ import pytest
 
 from itersft.loop.expert_iteration import LoopConfig
 from itersft.loop.run_dir import RunDirectory
-from itersft.loop.run_identity import _source, compare
-from itersft.loop.scoring.report import ScorerFailedError
+from itersft.loop.run_identity import _source, compare, outside_identity
+from itersft.scoring.report import ScorerFailedError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faulty_loop import PROMPTS, build_loop, meta, round_folders, trained  # noqa: E402
@@ -114,6 +114,26 @@ def test_identity_comparison_skips_what_is_not_the_run(tmp_path):
     (tmp_path / "x").mkdir()
     assert _source(str(tmp_path / "x" / ".." / "m") + "/") == _source(str(tmp_path / "m")) == str(tmp_path / "m")
     assert _source("org/model-on-the-hub") == "org/model-on-the-hub"
+
+
+def test_the_settings_outside_a_runs_identity_are_those_their_fields_declare(tmp_path):
+    """Declared where each setting is (`metadata={"identity": False}`); transformers' own fields by name."""
+    from transformers import TrainingArguments
+
+    from itersft import IterativeSFTConfig
+    from itersft.sampling.sampler import SamplingConfig
+
+    assert outside_identity(LoopConfig(output_dir=str(tmp_path))) == {
+        "output_dir", "rounds", "fail_fast", "score_timeout", "score_workers", "score_in_process", "keep_rounds",
+        "write_samples", "resume_changed"}
+    assert outside_identity(SamplingConfig()) == {"batch_size"}
+    training = outside_identity(IterativeSFTConfig(output_dir=str(tmp_path), report_to="none"))
+    assert {"optimize_device_cache", "logging_steps", "output_dir", "report_to", "eval_steps", "save_strategy",
+            "dataloader_num_workers"} <= training
+    assert not training & {"learning_rate", "seed", "max_length", "batching", "add_eos_token", "shuffle_samples",
+                           "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type"}
+    plain = outside_identity(TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    assert plain == training - {"optimize_device_cache"}  # `logging_steps` is transformers' field too
 
 
 def test_itersft_run_has_the_resume_changed_flag():

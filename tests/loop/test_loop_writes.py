@@ -49,9 +49,9 @@ def test_itersft_run_refuses_a_read_only_output_dir_before_loading_anything(tmp_
     config.write_text(yaml.safe_dump({"model": str(tmp_path / "no-such-model"), "output_dir": str(read_only),
                                       "prompts": {"path": str(prompts)}, "scorer": "exact_match"}))
     result = on_a_read_only_folder(read_only, [sys.executable, "-m", "itersft.cli.main", "run", str(config)])
-    assert result.returncode == 1
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # bad input: one message
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"ValueError: `output_dir` {str(read_only)!r} cannot be written: "), result.stderr
+    assert last.startswith(f"itersft run: error: `output_dir` {str(read_only)!r} cannot be written: "), result.stderr
     assert "Read-only file system" in last or "Permission denied" in last
     assert "no-such-model" not in result.stderr
 
@@ -61,8 +61,8 @@ import sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
+from itersft.filters import Threshold
+from itersft.sampling.sampler import SamplingConfig
 
 model_dir, output_dir, trainer_dir = sys.argv[1:]
 trainer = IterativeSFTTrainer(AutoModelForCausalLM.from_pretrained(model_dir), IterativeSFTConfig(

@@ -8,9 +8,9 @@ from math import comb
 
 import pytest
 
-from itersft.loop.filters import Threshold
+from itersft.filters import Threshold
 from itersft.loop.metrics import distinct_n, pass_at_k, round_sample_metrics, score_summary
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 def test_distinct_n_words_by_hand():
@@ -72,13 +72,14 @@ def test_score_summary():
     assert score_summary([None, None]) == {"mean": None, "min": None, "max": None, "count": 0}
 
 
-def make(prompt_index, sample_index, score, completion):
+def make(prompt_index, sample_index, score, completion, finished=True):
     return Sample(
         prompt="same",
         completion=completion,
         prompt_index=prompt_index,
         sample_index=sample_index,
         score=score,
+        finished=finished,
     )
 
 
@@ -89,11 +90,12 @@ def test_round_sample_metrics_by_hand():
         make(0, 2, None, "x"),
         make(1, 0, 1.0, "a b"),
         make(1, 1, 1.0, "d e"),
-        make(1, 2, 0.5, "f"),
+        make(1, 2, 0.5, "f g h", finished=False),  # cut off: the filter never sees it
     ]
-    kept = Threshold(1.0)(drawn)  # "a b", "a b", "d e"
+    kept = Threshold(1.0)([s for s in drawn if s.finished])  # "a b", "a b", "d e"
     m = round_sample_metrics(drawn, kept, pass_score=1.0)
     assert m["samples_drawn"] == 6 and m["samples_scored"] == 5 and m["samples_unscorable"] == 1
+    assert m["samples_unfinished"] == 1
     assert m["samples_kept"] == 3 and m["acceptance_rate"] == 0.5
     assert (m["kept_reward_mean"], m["kept_reward_min"], m["kept_reward_max"]) == (1.0, 1.0, 1.0)
     assert m["rejected_reward_mean"] == pytest.approx(0.25)  # 0.0 and 0.5; the unscored one ignored

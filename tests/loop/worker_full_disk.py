@@ -22,10 +22,10 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+from itersft.filters import Threshold
 from itersft.loop.callbacks import LoopCallback
 from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-from itersft.loop.filters import Threshold
-from itersft.loop.sampler import SamplingConfig
+from itersft.sampling.sampler import SamplingConfig
 
 PROMPTS = [f"q{i}:" for i in range(12)]
 META = [{"answer": "x" if i % 2 else "y"} for i in range(12)]

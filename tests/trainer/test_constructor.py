@@ -7,7 +7,11 @@ Models and tokenizers come from the `causal_dir` / `seq2seq_dir` fixtures (tiny 
 from __future__ import annotations
 
 import copy
+import importlib
 import math
+import os
+import re
+import typing
 
 import pytest
 import torch
@@ -16,6 +20,9 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
     T5ForConditionalGeneration,
     Trainer,
     TrainingArguments,
@@ -263,10 +270,36 @@ def test_callers_tokenizer_not_mutated(causal_model, tokenizer, tmp_path, mode):
 # ---- what the trainer is ------------------------------------------------------------------------
 
 
-def test_train_raises_not_implemented(causal_model, tokenizer, tmp_path):
+def test_train_raises_not_implemented_and_points_at_step_and_the_loop(causal_model, tokenizer, tmp_path):
     trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer)
-    with pytest.raises(NotImplementedError, match="step"):
+    with pytest.raises(NotImplementedError) as raised:
         trainer.train()
+    named = set(re.findall(r"`((?:itersft\.[\w.]+)|(?:IterativeSFTTrainer\.\w+))`", str(raised.value)))
+    assert named == {"IterativeSFTTrainer.step", "itersft.loop.ExpertIteration"}
+
+
+def test_train_error_names_apis_that_exist(causal_model, tokenizer, tmp_path):
+    """Every API the error names can be reached by that very name (`itersft.loop` exports the loop)."""
+    trainer = IterativeSFTTrainer(causal_model, config(tmp_path), tokenizer)
+    with pytest.raises(NotImplementedError) as raised:
+        trainer.train()
+    for name in re.findall(r"`((?:itersft\.[\w.]+)|(?:IterativeSFTTrainer\.\w+))`", str(raised.value)):
+        module, attribute = name.rsplit(".", 1)
+        owner = IterativeSFTTrainer if module == "IterativeSFTTrainer" else importlib.import_module(module)
+        assert callable(getattr(owner, attribute)), name
+
+
+def test_constructor_type_hints_say_what_it_accepts():
+    """The hints resolve, and say that `args` may be a tokenizer (the `IterativeSFTTrainer(model, tokenizer)`
+    quickstart) and `model` a name or path."""
+    from datasets import Dataset
+    from peft import PeftConfig, PeftModel
+
+    hints = typing.get_type_hints(IterativeSFTTrainer.__init__, localns={
+        "Dataset": Dataset, "PeftConfig": PeftConfig, "PeftModel": PeftModel})
+    assert {PreTrainedTokenizerBase, ProcessorMixin, TrainingArguments} <= set(typing.get_args(hints["args"]))
+    assert {PreTrainedTokenizerBase, ProcessorMixin} <= set(typing.get_args(hints["tokenizer"]))
+    assert {PreTrainedModel, PeftModel, str, os.PathLike} <= set(typing.get_args(hints["model"]))
 
 
 def test_is_a_transformers_trainer(causal_model, tokenizer, tmp_path):

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
+from gradient_reference import UpdateRecorder  # noqa: E402
 
 IDS = [torch.tensor([5, 6, 7, 8, 9]), torch.tensor([10, 11, 12]), torch.tensor([13, 14, 15, 16]),
        torch.tensor([17, 18])]
@@ -72,19 +77,26 @@ def test_a_failure_on_the_second_micro_batch_leaves_no_trace(pair, error):
     clean.step(input_ids=IDS)
     before, rng_before = _snapshot(faulty), torch.get_rng_state()
     calls = []
-    real_device_batch = faulty.device_batch
+    real_loss = faulty.summed_loss
 
-    def failing_device_batch(examples, packed=False):
-        calls.append(1)
-        if len(calls) == 2:  # the window's second micro-batch: the first has already put gradients down
-            torch.rand(3)  # consume randomness, as dropout would, before failing
-            raise error
-        return real_device_batch(examples, packed)
+    class FailingLoss:
+        """The trainer's own loss, raising on the window's second micro-batch (the first has already put
+        gradients down)."""
 
-    faulty.device_batch = failing_device_batch
+        def __getattr__(self, name):
+            return getattr(real_loss, name)
+
+        def __call__(self, module, batch):
+            calls.append(1)
+            if len(calls) == 2:
+                torch.rand(3)  # consume randomness, as dropout would, before failing
+                raise error
+            return real_loss(module, batch)
+
+    faulty.summed_loss = FailingLoss()
     with pytest.raises(type(error)):
         faulty.step(input_ids=IDS)
-    del faulty.device_batch
+    faulty.summed_loss = real_loss
     assert len(calls) == 2 and faulty.state.global_step == 1
     _assert_unchanged(faulty, before)
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -184,13 +196,8 @@ def test_labels_under_padding_are_neither_trained_nor_counted(causal_model, toke
     real = torch.tensor([5, 6, 7, 8])
     padded = torch.cat([real, torch.full((4,), tokenizer.pad_token_id)])
     mask = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
-    grads = {}
-
-    class Recorder(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
-
-    trainer.add_callback(Recorder())
+    recorder = UpdateRecorder()
+    trainer.add_callback(recorder)
     stats = trainer.step(input_ids=[padded], attention_mask=[mask], labels=[padded.clone()])
     logits = reference(input_ids=real[None]).logits[0]
     expected = torch.nn.functional.cross_entropy(logits[:-1], real[1:])
@@ -198,4 +205,4 @@ def test_labels_under_padding_are_neither_trained_nor_counted(causal_model, toke
     assert stats["trained_tokens"] == 3 and stats["real_tokens"] == 4
     assert stats["loss"] == pytest.approx(expected.item(), rel=1e-5)
     for name, p in reference.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(recorder.grads[0][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)

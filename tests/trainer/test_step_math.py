@@ -8,26 +8,19 @@ very different lengths, so averaging per micro-batch (TRL 0.23) or dropping labe
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from transformers import TrainerCallback
 
 from itersft import IterativeSFTConfig, IterativeSFTTrainer
 from itersft.toy import build_causal_lm, build_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
+from gradient_reference import UpdateRecorder, causal_label_count, causal_loss_sum, expected_update  # noqa: E402
+
 LENGTHS = (3, 11, 5, 17)
-
-
-class GradientRecorder(TrainerCallback):
-    """Copies every parameter's gradient just before each optimizer update."""
-
-    def __init__(self):
-        self.grads = []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
 def _config(tmp_path, **overrides):
@@ -43,18 +36,10 @@ def _samples(vocab: int, seed: int = 0):
 
 
 def _reference(model, input_ids, labels):
-    """Token-mean loss over all samples and its gradients, one sample at a time, no padding."""
-    model = copy.deepcopy(model)
-    model.zero_grad()
-    total_tokens = sum(int((lab[1:] != -100).sum()) for lab in labels)
-    loss_sum = 0.0
-    for ids, lab in zip(input_ids, labels):
-        logits = model(input_ids=ids[None]).logits[0]
-        loss = F.cross_entropy(logits[:-1], lab[1:], ignore_index=-100, reduction="sum")
-        (loss / total_tokens).backward()
-        loss_sum += loss.item()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss_sum / total_tokens, grads
+    """Token-mean loss over all samples and its gradients, one sample at a time, no padding
+    (`gradient_reference.expected_update`)."""
+    losses = [lambda m, ids=ids, lab=lab: causal_loss_sum(m, ids, lab) for ids, lab in zip(input_ids, labels)]
+    return expected_update(model, None, losses, causal_label_count(labels))
 
 
 @pytest.mark.parametrize("batch_size,accumulation", [(4, 1), (1, 4), (2, 2), (3, 2)])
@@ -64,7 +49,7 @@ def test_window_loss_and_gradients_match_reference(tmp_path, causal_model, token
     labels[1][:6] = -100  # a masked prompt, honoured exactly
     expected_loss, expected_grads = _reference(causal_model, input_ids, labels)
 
-    recorder = GradientRecorder()
+    recorder = UpdateRecorder()
     trainer = IterativeSFTTrainer(causal_model, _config(tmp_path, per_device_train_batch_size=batch_size,
                                                         gradient_accumulation_steps=accumulation),
                                   tokenizer=tokenizer, callbacks=[recorder])
@@ -81,7 +66,7 @@ def test_window_loss_and_gradients_match_reference(tmp_path, causal_model, token
 
 def test_partial_last_window_still_updates(tmp_path, causal_model, tokenizer):
     """5 micro-batches with accumulation 2: three updates, the last on one micro-batch; nothing pending."""
-    recorder = GradientRecorder()
+    recorder = UpdateRecorder()
     trainer = IterativeSFTTrainer(causal_model, _config(tmp_path, per_device_train_batch_size=1,
                                                         gradient_accumulation_steps=2),
                                   tokenizer=tokenizer, callbacks=[recorder])
@@ -171,7 +156,7 @@ def test_max_length_truncates_the_sequence_axis(tmp_path, causal_model, tokenize
 def test_texts_labels_are_the_causal_targets(tmp_path, causal_model, tokenizer):
     """The model learns `texts_labels` token for token (TRL 0.23 tokenised the labels from `texts`)."""
     before = copy.deepcopy(causal_model)
-    recorder = GradientRecorder()
+    recorder = UpdateRecorder()
     trainer = IterativeSFTTrainer(causal_model, _config(tmp_path), tokenizer=tokenizer, callbacks=[recorder])
     with pytest.raises(ValueError, match="prompts"):
         trainer.step(texts=["abcdef"], texts_labels=["ab"])
@@ -207,9 +192,9 @@ def test_shuffle_is_reproducible_and_can_be_disabled(tmp_path, causal_dir, token
     """Samples are shuffled from (seed, global_step): the same order on a rerun, given order when off."""
     from transformers import AutoModelForCausalLM
 
-    import itersft.trainer.trainer as trainer_module
+    import itersft.trainer.micro_batch as micro_batch_module  # where every micro-batch is collated
 
-    real_collate = trainer_module.collate
+    real_collate = micro_batch_module.collate
 
     def micro_batch_lengths(shuffle, seed=7):
         seen = []
@@ -218,7 +203,7 @@ def test_shuffle_is_reproducible_and_can_be_disabled(tmp_path, causal_dir, token
             seen.append(tuple(len(e.input_ids) for e in examples))
             return real_collate(examples, *args)
 
-        monkeypatch.setattr(trainer_module, "collate", recording_collate)
+        monkeypatch.setattr(micro_batch_module, "collate", recording_collate)
         model = AutoModelForCausalLM.from_pretrained(causal_dir)
         trainer = IterativeSFTTrainer(model, _config(tmp_path, per_device_train_batch_size=1, seed=seed,
                                                      shuffle_samples=shuffle), tokenizer=tokenizer)

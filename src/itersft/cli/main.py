@@ -1,5 +1,6 @@
 """`itersft` entry point: a table of subcommands; each imports its heavy dependencies only when run,
-so `itersft --help` answers instantly."""
+so `itersft --help` answers instantly. A bad config or bad input (`cli.bad_input`) is one message on
+stderr and exit status 2; `--debug` shows its traceback."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import importlib
 import os
 import sys
 
+from itersft.cli.bad_input import BadInputError
+
 # name -> (module with `add_arguments(parser)` and `main(args)`, one-line help)
 COMMANDS = {
     "demo": ("itersft.cli.demo", "Expert iteration on a built-in addition task, from scratch, with a control."),
     "demo-real": ("itersft.cli.demo_real", "Expert iteration on SmolLM2-135M-Instruct, word problems, with a control."),
+    "demo-gym": ("itersft.cli.demo_gym", "The same with questions from reasoning-gym, a task nobody here wrote."),
     "run": ("itersft.cli.run", "Run the generate -> score -> filter -> train loop from a YAML/JSON config."),
+    "export": ("itersft.cli.export", "Export a loop run's scored samples as a TRL dataset (SFT, DPO or KTO)."),
 }
 
 
@@ -26,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         # Argument definitions live beside each command but import nothing heavy.
         importlib.import_module(f"{module}_args").add_arguments(sub)
+        sub.add_argument("--debug", action="store_true",
+                         help="Show the traceback of a bad-config or bad-input error, not just its message.")
     return parser
 
 
@@ -39,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()
     module = importlib.import_module(COMMANDS[args.command][0])
-    return module.main(args) or 0
+    try:
+        return module.main(args) or 0
+    except BadInputError as error:  # the user's config or input failed a check: the message says which
+        if args.debug:
+            raise
+        print(f"itersft {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

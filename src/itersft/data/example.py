@@ -9,6 +9,25 @@ import torch
 IGNORE_INDEX = -100
 
 
+def loss_targets(labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The label each position's logits are scored against (-100: no loss), for `labels` of any batch shape.
+
+    The one rule for which positions carry a label, used by every count and every loss: for a causal LM
+    the logits at position t predict the token at t + 1, so position t gets label t + 1 and the last
+    position none; for seq2seq the decoder's position t gets label t.
+    """
+    if not causal:
+        return labels
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[..., :-1] = labels[..., 1:]
+    return targets
+
+
+def count_label_tokens(labels: torch.Tensor, causal: bool) -> int:
+    """Label tokens that carry loss (see `loss_targets`), in a sample's or a collated batch's `labels`."""
+    return int((loss_targets(labels, causal) != IGNORE_INDEX).sum())
+
+
 @dataclass
 class Example:
     """One sample, 1-D tensors.
@@ -28,14 +47,15 @@ class Example:
         """A causal example. A label token is a position whose label is not -100 *and* whose attention mask
         is 1: a label under padding (mask 0) is never trained, so it is made -100 here, once, and every later
         stage (collation, the window's token count, the statistics, evaluation) counts the same tokens.
-        `labels=None` learns every attended token."""
-        labels = input_ids if labels is None else labels
-        return cls(input_ids, attention_mask, labels.masked_fill(attention_mask == 0, IGNORE_INDEX))
+        `labels=None` learns every attended token (a copy of `input_ids`). Given labels with nothing under
+        padding are kept as they are, the very tensor (a `data_collator` sees the caller's own)."""
+        if labels is None or not bool(attention_mask.all()):
+            labels = (input_ids if labels is None else labels).masked_fill(attention_mask == 0, IGNORE_INDEX)
+        return cls(input_ids, attention_mask, labels)
 
     def num_loss_tokens(self, shifted: bool) -> int:
-        """Tokens that carry loss; for a causal LM the first position never does (nothing predicts it)."""
-        labels = self.labels[1:] if shifted else self.labels
-        return int((labels != IGNORE_INDEX).sum())
+        """Tokens that carry loss (`count_label_tokens`); `shifted`: causal, where the first never does."""
+        return count_label_tokens(self.labels, causal=shifted)
 
     def size(self) -> tuple[int, int]:
         """`(source length, target length)`: the key samples are sorted by so that similar ones share a batch."""

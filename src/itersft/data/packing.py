@@ -42,20 +42,29 @@ def pack(examples: list[Example]) -> dict[str, torch.Tensor]:
     }
 
 
+# Per token of a packed or padded row, what its projections and MLP cost, in units of what attending to one
+# more token of context costs, per unit of hidden size (see `packing_pays`).
+TOKEN_COST_PER_WIDTH = 6
+
+
 def packing_pays(lengths: list[int], hidden_size: int, attends_per_sample: bool) -> bool:
     """Whether one packed row of samples of these `lengths` should cost less than right-padding them.
 
     Where the row is attended sample by sample (`attends_per_sample`: flash-attention kernels, or sdpa
     and eager on CPU through `itersft.packed_attention`) packing always pays: it computes no padding
     and attends no more. Otherwise (sdpa and eager on an accelerator or under activation checkpointing)
-    the row is attended as a whole under a block-diagonal mask, at a cost growing with (tokens in the
-    row)^2. Per layer and token, the projections and MLP cost about 12 * hidden^2 and attention about
-    4 * hidden * (context); so packing `n` tokens is cheaper than `b` rows of `m` when
-    n * (3 * hidden + n) < b * m * (3 * hidden + m). Measured on CPU, this picks padding for
-    length-sorted micro-batches (little padding to save) and packing for mixed ones.
+    the row is attended as a whole under a block-diagonal mask, every pair of its tokens computed, at a
+    cost growing with (tokens in the row)^2. Per layer and token, forward and backward: the projections
+    and MLP cost about 3 x 15 * hidden^2 multiply-adds (12-19 hidden^2 a forward for common shapes, with
+    or without grouped key/value heads), attention 7 * hidden * (context) (the scores, the weighted
+    values, and in backward the recomputed scores and three more products). So packing `n` tokens is
+    cheaper than `b` rows of `m` when n * (c + n) < b * m * (c + m), with c = `TOKEN_COST_PER_WIDTH` *
+    hidden (45/7, rounded down). Fitted to time on CPU (`benchmarks/fit_packing_estimate.py`, two runs):
+    5.9-6.2 * hidden with grouped key/value heads, 6.3-7.6 * hidden without. The earlier 3 * hidden chose
+    padding for 3-4 of 14 random micro-batches that packed faster; this one misses 1-2, each within 4%.
     """
     if attends_per_sample:
         return True
-    hidden = 3 * hidden_size
+    token_cost = TOKEN_COST_PER_WIDTH * hidden_size
     tokens, longest = sum(lengths), max(lengths)
-    return tokens * (hidden + tokens) < len(lengths) * longest * (hidden + longest)
+    return tokens * (token_cost + tokens) < len(lengths) * longest * (token_cost + longest)

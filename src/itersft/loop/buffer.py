@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from itersft.checks import Problems
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 def _rng(purpose: str, seed: int, round_index: int) -> random.Random:

@@ -23,17 +23,19 @@ The methods it covers, by option:
   Left out: pooling samples from several models.
 
 Prompts are strings or chat messages; `SamplingConfig.chat_template` and `system_prompt` say how they
-reach the model (`itersft.loop.prompts`), and every sample is trained in the format it was drawn in.
+reach the model (`itersft.sampling.prompts`), and every sample is trained in the format it was drawn in.
 
 Completions that hit `max_new_tokens` before EOS are never trained on: they would teach the model to
-stop where it was cut off. They are counted as `samples_unfinished`.
+stop where it was cut off. They leave before the filter (so a cut-off sample never takes the place of
+a finished one, e.g. under `BestOfK`) and are counted as `samples_unfinished`; they are still scored,
+and pass@k counts them, since they are what the model draws.
 
 Seeds, one job each, so a rerun or a resume repeats the run exactly:
 
 * `SamplingConfig.seed` fixes every draw, per (round, prompt, sample): which prompts share a batch or
   a rank does not change what a prompt's samples are.
 * `LoopConfig.seed` fixes the loop's own choices: which replayed and labelled samples join a round,
-  and the order in which a round's training set is cut into `step()` calls.
+  and the order in which a round's training set is cut into `step()` calls (`ExpertIteration.step_calls`).
 * The trainer's `args.seed` fixes initialisation (adapters), dropout and the order of the samples
   inside each `step()` call (`shuffle_samples`).
 
@@ -57,18 +59,21 @@ from itersft.loop.buffer import ReplayBuffer, mix_with_labelled
 from itersft.loop.callbacks import LoopCallback
 from itersft.loop.evaluation import evaluate_prompts
 from itersft.loop.full_disk import reporting_full_disk
+from itersft.loop.inputs import check_inputs
 from itersft.loop.loop_config import LoopConfig
 from itersft.loop.metrics import round_sample_metrics
-from itersft.loop.prompts import Prompt, PromptRenderer, check_format, check_prompts
 from itersft.loop.run_dir import RunDirectory
 from itersft.loop.run_identity import check_run_identity, describe_run, weights_fingerprint
-from itersft.loop.sampler import Sampler, SamplingConfig
-from itersft.loop.samples import Sample
-from itersft.loop.scoring.pool import scorer_name
-from itersft.loop.scoring.report import stop_if_every_sample_failed
-from itersft.loop.scoring.scorers import Scorer, resolve_scorer, score_samples, validate_meta
+from itersft.loop.sample_and_score import sample_and_score
+from itersft.sampling.prompts import Prompt, PromptRenderer
+from itersft.sampling.sampler import SamplingConfig
+from itersft.sampling.samples import Sample
+from itersft.scoring.reward_functions import RewardFunctions
+from itersft.scoring.scorer_choice import choose_scorer
+from itersft.scoring.scorers import Scorer
+from itersft.tasks.prompt_rows import is_dataset, prompts_from_dataset
 
-__all__ = ["ExpertIteration", "LoopConfig"]
+__all__ = ["ExpertIteration", "LoopConfig", "step_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,11 @@ class ExpertIteration:
         scorer: `(prompts, completions, **meta) -> list[float | None]`, a built-in name
             (`"exact_match"`, `"numeric"`, `"math"`, `"code"`; see `scorers`) or `"module:function"`.
             It runs per sample in worker processes under `config.score_timeout` (see `scoring.pool`).
-        filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`.
+            Give `scorer` or `reward_funcs`, not both.
+        filter: `list[Sample] -> list[Sample]`, e.g. `Compose(Threshold(1.0), Dedup())`. It is given the
+            round's finished samples only: a cut-off one is never trained, so it never competes. With
+            `reward_funcs` it sees their weighted sum as each sample's score (`AboveGroupMean()` needs
+            no threshold).
         config: `LoopConfig`.
         labelled: original labelled data as `Sample`s (prompt + completion), mixed in at
             `config.labelled_ratio`. Their prompts go through the chat template as sampled prompts do
@@ -90,25 +99,35 @@ class ExpertIteration:
         callbacks: `LoopCallback`s, called on the main process (progress, per-round metrics).
         sources: where the prompts came from, e.g. `{"prompts": "data/train.jsonl"}`: recorded in
             `run_identity.json` for whoever reads it, never compared (the prompts' hash is).
+        reward_funcs: reward functions in TRL's GRPO convention, in place of `scorer`: a callable,
+            a "package.module:function" string, a reward model (a folder or hub id, a loaded
+            `PreTrainedModel`, a `RewardModel`), a list of these, or a `RewardFunctions`. Each
+            sample's score is their weighted sum, each one's reward is kept in `Sample.rewards`, and
+            `trainer_state` is this trainer's state (see `scoring.reward_functions`).
+        reward_weights: one weight per reward function (default 1.0 each), as TRL's `reward_weights`.
 
     Built, it has checked that `config.output_dir` is writable and fingerprinted the model's weights
     for the run's identity (`run_identity`), before any resume loads a checkpoint into them.
     """
 
-    def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str, filter, config: LoopConfig,
-                 labelled: list[Sample] | None = None, callbacks: list[LoopCallback] | None = None,
-                 sources: dict[str, str] | None = None):
+    def __init__(self, trainer, sampling: SamplingConfig, scorer: Scorer | str | None = None, filter=None,
+                 config: LoopConfig | None = None, labelled: list[Sample] | None = None,
+                 callbacks: list[LoopCallback] | None = None, sources: dict[str, str] | None = None, *,
+                 reward_funcs=None, reward_weights: list[float] | None = None):
+        missing = [name for name, value in (("filter", filter), ("config", config)) if value is None]
+        if missing:
+            raise TypeError(f"ExpertIteration needs {' and '.join(f'`{name}`' for name in missing)}.")
         if config.restart_from_base and getattr(trainer, "is_deepspeed_enabled", False):
             raise ValueError("`restart_from_base` does not work under DeepSpeed: its ZeRO optimizer keeps its own "
                              "float32 copy of the weights, which loading the base weights would not reset (the next "
                              "update would bring the trained weights back). Use DDP or FSDP2, or turn it off.")
-        if config.labelled_ratio > 0 and not labelled:
-            raise ValueError("`labelled_ratio` > 0 needs `labelled` samples to mix in.")
         self.run_dir = RunDirectory(config.output_dir, is_main=trainer.args.should_save)  # writable, or raise
         self.trainer = trainer
         self.sampling = sampling
-        self.scorer = resolve_scorer(scorer)
-        self._scorer_spec = scorer  # a name or import path stays one in the run's identity
+        # a name or import path stays one in the run's identity; reward functions are described
+        self.scorer, self._scorer_spec = choose_scorer(scorer, reward_funcs, reward_weights)
+        if isinstance(self.scorer, RewardFunctions):
+            self.scorer.bind(trainer)
         self.sources = dict(sources or {})
         if config.score_in_process:
             logger.warning("score_in_process: the scorer runs in this process with no timeout; a scorer that hangs "
@@ -127,26 +146,23 @@ class ExpertIteration:
             eval_meta: list[dict] | None = None) -> list[dict[str, Any]]:
         """Run (or resume) the loop and return one metrics dict per round.
 
-        A prompt is a string or chat messages (see `itersft.loop.prompts`). `meta[i]` is passed to the
-        scorer with prompt i (e.g. `{"answer": "42"}`). Every prompt, and the metadata the scorer needs
-        (`validate_meta`), is checked before anything is sampled. Rerunning the same call after an
-        interruption resumes after the last complete round, unless the run's identity changed
+        A prompt is a string or chat messages (see `itersft.sampling.prompts`). `meta[i]` is passed to the
+        scorer with prompt i (e.g. `{"answer": "42"}`). `prompts` (and `eval_prompts`) may instead be a
+        `datasets.Dataset` in TRL's prompt-only format, a `prompt` column and any others, which become the
+        metadata (`itersft.tasks.prompts_from_dataset`; then without `meta`). Every prompt, and the
+        metadata the scorer needs, is checked before anything is sampled (`check_inputs`). Rerunning the
+        same call after an interruption resumes after the last complete round, unless the run's identity changed
         (`run_identity`: a ValueError names every changed field; `LoopConfig.resume_changed` resumes
         anyway). A round whose scorer fails on every sample stops the run (`ScorerFailedError`), and a
         full disk is reported as `OSError(ENOSPC)`: rerun once space is freed. At the end `final/` holds the model and
         tokenizer, and the trainer's callbacks see the run end (`trainer.finish_run()`, which fires
         `on_train_end` as `Trainer.train` does; trackers flush).
         """
-        if not prompts:
-            raise ValueError("`prompts` is empty: the loop needs prompts to sample from.")
-        if meta is not None and len(meta) != len(prompts):
-            raise ValueError(f"`meta` has {len(meta)} entries but `prompts` has {len(prompts)}.")
-        if eval_prompts is not None and eval_meta is not None and len(eval_meta) != len(eval_prompts):
-            raise ValueError(f"`eval_meta` has {len(eval_meta)} entries but `eval_prompts` has {len(eval_prompts)}.")
-        validate_meta(self.scorer, meta, len(prompts), "meta")
-        if eval_prompts:
-            validate_meta(self.scorer, eval_meta, len(eval_prompts), "eval_meta")
-        self._prepare_prompts(prompts, eval_prompts)
+        prompts, meta = _from_dataset(prompts, meta, "prompts")
+        eval_prompts, eval_meta = _from_dataset(eval_prompts, eval_meta, "eval_prompts")
+        check_inputs(self.scorer, self.sampling, self.config, self.trainer.tokenizer, prompts, meta, eval_prompts,
+                     eval_meta, self.labelled)
+        self._render_labelled()
         identity = describe_run(self.trainer, self._weights, self._scorer_spec, self.filter, self.sampling,
                                 self.config, prompts, meta, eval_prompts, eval_meta, self.labelled)
         latest = self.run_dir.latest_round_dir()
@@ -173,14 +189,8 @@ class ExpertIteration:
             callback.on_run_end(state["history"])
         return state["history"]
 
-    def _prepare_prompts(self, prompts: list[Prompt], eval_prompts: list[Prompt] | None) -> None:
-        """Check every prompt and the prompt format now, and put labelled prompts in the sampled format."""
-        check_prompts(prompts, "prompts")
-        if eval_prompts is not None:
-            check_prompts(eval_prompts, "eval_prompts")
-        check_prompts([s.prompt for s in self.labelled], "labelled prompts")
-        every_prompt = [*prompts, *(eval_prompts or []), *(s.prompt for s in self.labelled)]
-        check_format(self.sampling.chat_template, self.sampling.system_prompt, every_prompt, self.trainer.tokenizer)
+    def _render_labelled(self) -> None:
+        """Put the labelled samples' prompts in the format the sampler renders prompts in."""
         renderer = PromptRenderer(self.trainer.tokenizer, self.trainer.model, self.sampling.chat_template,
                                   self.sampling.system_prompt)
         logger.info("%s", renderer.describe())  # the CLI sets other ranks' level to WARNING
@@ -191,38 +201,30 @@ class ExpertIteration:
 
     def _round(self, round_index: int, prompts, meta, eval_prompts, eval_meta) -> dict[str, Any]:
         started = time.perf_counter()
-        trainer, ranks = self.trainer, self.trainer.ranks
-        # Each rank samples and scores a contiguous share of the round's prompts; the filter then sees
-        # every rank's samples, so best-of-k, top-% and dedup mean the same as in one process.
-        _, indices = ranks.block(self._round_prompt_indices(round_index, len(prompts)))
-        sampler = Sampler(trainer.model, trainer.tokenizer, self.sampling,
-                          lockstep=ranks if trainer.shards_parameters else None)
-        sampling_started = time.perf_counter()
-        local = sampler.sample([prompts[i] for i in indices], round_index,
-                               meta=[meta[i] for i in indices] if meta is not None else None,
-                               prompt_indices=indices, progress=self._progress("round", round_index))
-        sampling_seconds = time.perf_counter() - sampling_started
-        report = score_samples(self.scorer, local, fail_fast=self.config.fail_fast, options=self.config.scoring)
-        drawn = ranks.gather(local)
-        scorer_errors, timed_out = ranks.sum([report.errors, report.timed_out], trainer.args.device)
-        stop_if_every_sample_failed(scorer_name(self.scorer), report, int(scorer_errors + timed_out), len(drawn),
-                                    f"round {round_index}", self.config.score_timeout)
-        kept = self.filter(drawn)
+        trainer = self.trainer
+        # Every rank receives every rank's samples, so best-of-k, top-% and dedup mean the same as in one process.
+        scored = sample_and_score(trainer.model, trainer.tokenizer, self.sampling, self.scorer, prompts, meta,
+                                  self._round_prompt_indices(round_index, len(prompts)), round_index,
+                                  f"round {round_index}", ranks=trainer.ranks, lockstep=trainer.shards_parameters,
+                                  progress=self._progress("round", round_index), scoring=self.config.scoring,
+                                  fail_fast=self.config.fail_fast)
+        drawn = scored.samples
+        # Cut-off completions leave here, before the filter: a per-prompt cap must not spend its slot on them.
+        kept = self.filter([s for s in drawn if s.finished])
         metrics = {"round": round_index, **round_sample_metrics(drawn, kept, self.config.pass_score)}
-        finished = [s for s in kept if s.finished]
         generated_tokens = sum(len(s.completion_ids) for s in drawn)
-        metrics.update(samples_unfinished=len(kept) - len(finished), scorer_errors=int(scorer_errors),
-                       samples_timed_out=int(timed_out),
-                       sampling_seconds=sampling_seconds,
-                       sampling_tokens_per_second=generated_tokens / max(sampling_seconds, 1e-9))
+        metrics.update(scorer_errors=scored.scorer_errors, samples_timed_out=scored.timed_out,
+                       sampling_seconds=scored.sampling_seconds,
+                       sampling_tokens_per_second=generated_tokens / max(scored.sampling_seconds, 1e-9))
         with reporting_full_disk(self.run_dir.root / "accepted", f"the samples kept in round {round_index}",
                                  then=_resume_hint(round_index - 1)):
-            self.run_dir.write_accepted(round_index, finished)
+            self.run_dir.write_accepted(round_index, kept)
+        self._write_samples(round_index, drawn, kept)
 
         replayed = self.buffer.draw(self.config.replay_samples, round_index) if self.config.replay_samples else []
         if self.buffer is not None:
-            self.buffer.add(finished)
-        training_set = mix_with_labelled(finished + replayed, self.labelled, self.config.labelled_ratio,
+            self.buffer.add(kept)
+        training_set = mix_with_labelled(kept + replayed, self.labelled, self.config.labelled_ratio,
                                          self.config.seed, round_index)
         metrics.update(self._train(round_index, training_set))
         if eval_prompts:
@@ -253,32 +255,38 @@ class ExpertIteration:
         start = (round_index * per_round) % total
         return [(start + i) % total for i in range(per_round)]
 
-    def _train(self, round_index: int, training_set: list[Sample]) -> dict[str, Any]:
-        """Train on the round's samples, `train_epochs` passes in `step_size` chunks.
+    def step_calls(self, round_index: int, training_set: list[Sample]) -> list[list[Sample]]:
+        """How round `round_index` cuts `training_set` into `step()` calls: the samples of each call, in order.
 
-        With several processes every rank holds the same training set and passes its share of each
-        chunk to `step()`, which weighs every token of every rank alike. The order of each epoch is drawn
-        from `LoopConfig.seed` (see the module docstring); `step()` orders each chunk by its own rule.
-        A chunk holding both chat and raw-text samples (prompts of both kinds) takes one `step()` per
-        kind, chat first, on every rank.
+        `train_epochs` passes, each in an order drawn from `LoopConfig.seed` and the round (see the module
+        docstring), cut into `step_size` chunks; a chunk holding both chat and raw-text samples (prompts
+        of both kinds) is two calls, chat first. With several processes each call is split among them
+        (`Ranks.block`), and `step()` weighs every token of every rank alike; `step()` orders each
+        call's samples by its own rule. The loop trains exactly these calls (`step_arguments` turns
+        one into `step()`'s arguments), so a control that must train as the loop does can ask for them.
         """
+        calls = []
+        for epoch in range(self.config.train_epochs):
+            order = shuffled(training_set, self.config.seed, round_index * 1_000 + epoch)
+            for start in range(0, len(order), self.config.step_size):
+                calls.extend(_by_format(order[start : start + self.config.step_size]))
+        return calls
+
+    def _train(self, round_index: int, training_set: list[Sample]) -> dict[str, Any]:
+        """Train on the round's samples in the `step()` calls `step_calls` gives."""
         if self.config.restart_from_base:
             self.trainer.model.load_state_dict(self._base_state)
         if self.config.restart_from_base or self.config.reset_optimizer:
             self.trainer.reset_optimizer()
         started = time.perf_counter()
         loss_sum = tokens = updates = real_tokens = 0
-        for epoch in range(self.config.train_epochs if training_set else 0):
-            order = shuffled(training_set, self.config.seed, round_index * 1_000 + epoch)
-            for start in range(0, len(order), self.config.step_size):
-                for kind in _by_format(order[start : start + self.config.step_size]):
-                    _, chunk = self.trainer.ranks.block(kind)
-                    stats = self.trainer.step(**_step_inputs(chunk))
-                    if stats["trained_tokens"]:
-                        loss_sum += stats["loss"] * stats["trained_tokens"]
-                    tokens += stats["trained_tokens"]
-                    updates += stats["updates"]
-                    real_tokens += stats["real_tokens"]
+        for call in self.step_calls(round_index, training_set):
+            stats = self.trainer.step(**step_arguments(self.trainer.ranks.block(call)[1]))
+            if stats["trained_tokens"]:
+                loss_sum += stats["loss"] * stats["trained_tokens"]
+            tokens += stats["trained_tokens"]
+            updates += stats["updates"]
+            real_tokens += stats["real_tokens"]
         seconds = time.perf_counter() - started
         return {"train_samples": len(training_set), "train_loss": loss_sum / tokens if tokens else None,
                 "train_updates": updates, "global_step": self.trainer.state.global_step,
@@ -292,6 +300,14 @@ class ExpertIteration:
                                 progress=self._progress("eval", round_index), scoring=self.config.scoring)
 
     # ---- checkpoints --------------------------------------------------------------------------
+
+    def _write_samples(self, round_index: int, drawn: list[Sample], trained: list[Sample]) -> None:
+        """`samples/round-NNNN.jsonl`: every sample of the round, scored, marked kept when trained on
+        (`LoopConfig.write_samples`). Written before the round's checkpoint, as `accepted/` is (see `run_dir`)."""
+        if self.config.write_samples:
+            with reporting_full_disk(self.run_dir.samples_file(round_index),
+                                     f"the samples drawn in round {round_index}", then=_resume_hint(round_index - 1)):
+                self.run_dir.write_samples(round_index, drawn, trained)
 
     def _checkpoint(self, round_index: int, state: dict[str, Any]) -> None:
         def add_loop_state(staging: Path) -> None:
@@ -333,6 +349,16 @@ class ExpertIteration:
         return state
 
 
+def _from_dataset(prompts, meta, argument: str):
+    """(prompts, meta) as given, or read from a `datasets.Dataset` (which carries its own metadata)."""
+    if not is_dataset(prompts):
+        return prompts, meta
+    if meta is not None:
+        raise ValueError(f"`{argument}` is a datasets.Dataset, whose other columns are the metadata: leave "
+                         f"`{argument.replace('prompts', 'meta')}` out.")
+    return prompts_from_dataset(prompts, argument=argument)
+
+
 def _by_format(samples: list[Sample]) -> list[list[Sample]]:
     """The chat samples, then the raw-text ones (each list in order), leaving out an empty kind."""
     chat = [s for s in samples if s.messages is not None]
@@ -340,7 +366,7 @@ def _by_format(samples: list[Sample]) -> list[list[Sample]]:
     return [kind for kind in (chat, raw) if kind]
 
 
-def _step_inputs(samples: list[Sample]) -> dict[str, list]:
+def step_arguments(samples: list[Sample]) -> dict[str, list]:
     """`step()` arguments for samples of one kind: the conversation with the completion as the assistant
     turn, or the raw prompt and completion texts."""
     if samples and samples[0].messages is not None:

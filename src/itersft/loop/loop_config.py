@@ -1,13 +1,19 @@
-"""`LoopConfig`: how the expert-iteration loop runs, every setting checked when it is built."""
+"""`LoopConfig`: how the expert-iteration loop runs, every setting checked when it is built.
+
+A field declared with `metadata={"identity": False}` (`OUTSIDE_IDENTITY`) does not change what a run
+samples, keeps or trains, so a rerun may change it and still resume (`run_identity`).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from itersft.checks import Problems
 from itersft.loop.buffer import check_labelled_ratio
-from itersft.loop.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
+from itersft.scoring.pool import DEFAULT_TIMEOUT, ScoringOptions, check_scoring_options
+
+OUTSIDE_IDENTITY = {"identity": False}
 
 
 @dataclass
@@ -50,14 +56,17 @@ class LoopConfig:
             one has landed (a round checkpoint holds the model, the optimizer state and more: about 3x
             the model's size). Resuming needs only the newest. None keeps them all. `final/` is always
             kept.
+        write_samples: write every sample each round draws, scored and marked kept or not, to
+            `samples/round-NNNN.jsonl` (what `itersft export` builds DPO, KTO and SFT datasets from); kept for
+            every round. False writes only `accepted/` (the kept samples). Not part of the run's identity.
         resume_changed: resume a run whose identity (`run_identity.json`: model, tokenizer, prompts,
             scorer, filter, sampling, loop and training settings) differs from this one's. Without it
             such a rerun is refused with an error naming every changed field; with it the changes are
             logged as a warning and recorded in `run_identity.json`. `itersft run --resume-changed`.
     """
 
-    output_dir: str
-    rounds: int = 4
+    output_dir: str = field(metadata=OUTSIDE_IDENTITY)
+    rounds: int = field(default=4, metadata=OUTSIDE_IDENTITY)
     prompts_per_round: int | None = None
     train_epochs: int = 1
     step_size: int = 64
@@ -68,13 +77,14 @@ class LoopConfig:
     labelled_ratio: float = 0.0
     pass_score: float = 1.0
     eval_samples: int = 0
-    fail_fast: bool = False
-    score_timeout: float | None = DEFAULT_TIMEOUT
-    score_workers: int | None = None
-    score_in_process: bool = False
+    fail_fast: bool = field(default=False, metadata=OUTSIDE_IDENTITY)
+    score_timeout: float | None = field(default=DEFAULT_TIMEOUT, metadata=OUTSIDE_IDENTITY)
+    score_workers: int | None = field(default=None, metadata=OUTSIDE_IDENTITY)
+    score_in_process: bool = field(default=False, metadata=OUTSIDE_IDENTITY)
     seed: int = 0
-    keep_rounds: int | None = 2
-    resume_changed: bool = False
+    keep_rounds: int | None = field(default=2, metadata=OUTSIDE_IDENTITY)
+    write_samples: bool = field(default=True, metadata=OUTSIDE_IDENTITY)
+    resume_changed: bool = field(default=False, metadata=OUTSIDE_IDENTITY)
 
     def __post_init__(self) -> None:
         problems = Problems("LoopConfig")
@@ -90,7 +100,7 @@ class LoopConfig:
         problems.integer("buffer_capacity", self.buffer_capacity, minimum=0, optional=True)
         problems.integer("keep_rounds", self.keep_rounds, minimum=1, optional=True)
         problems.integer("seed", self.seed)
-        for name in ("restart_from_base", "reset_optimizer", "fail_fast", "resume_changed"):
+        for name in ("restart_from_base", "reset_optimizer", "fail_fast", "write_samples", "resume_changed"):
             problems.boolean(name, getattr(self, name))
         problems.number("pass_score", self.pass_score)
         check_labelled_ratio(self.labelled_ratio, problems)

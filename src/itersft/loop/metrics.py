@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from itersft.checks import is_integer
-from itersft.loop.samples import Sample
+from itersft.sampling.samples import Sample
 
 
 def distinct_n(texts: Iterable[str], n: int, unit: Literal["word", "char"] = "word") -> float:
@@ -90,10 +90,12 @@ def round_sample_metrics(
     pass_score: float = 1.0,
     unit: Literal["word", "char"] = "word",
 ) -> dict[str, Any]:
-    """Metrics of one round: `drawn` are the scored samples, `kept` the filter's output from them.
+    """Metrics of one round: `drawn` are the scored samples, `kept` the filter's output from the finished
+    ones (what the round trains on).
 
     `kept` must hold the same objects as `drawn` (filters return them, not copies); every drawn sample
     not kept is rejected. Returns `samples_drawn`, `samples_scored`, `samples_unscorable`,
+    `samples_unfinished` (drawn samples cut off at `max_new_tokens`, which the filter never sees),
     `samples_kept`, `acceptance_rate` (kept / drawn), `kept_reward_{mean,min,max}` and
     `rejected_reward_{mean,min,max}` over scored samples, `distinct_1`/`distinct_2` of the kept
     completions (in `unit`s), and `pass@1`/`pass@k` averaged over prompts (grouped by prompt_index) with
@@ -117,6 +119,7 @@ def round_sample_metrics(
         "samples_drawn": len(drawn),
         "samples_scored": scored,
         "samples_unscorable": len(drawn) - scored,
+        "samples_unfinished": sum(not s.finished for s in drawn),
         "samples_kept": len(kept),
         "acceptance_rate": len(kept) / len(drawn) if drawn else None,
         **{f"kept_reward_{key}": kept_summary[key] for key in ("mean", "min", "max")},

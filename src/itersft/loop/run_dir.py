@@ -8,13 +8,18 @@ the model and checkpoints are written by the trainer).
                              trainer state) + loop_state.json, buffer.json, loop_config.json;
                              only the newest `keep_rounds` are kept
       accepted/round-0003.jsonl   the samples kept (and trained on) in round 3
+      samples/round-0003.jsonl    every sample drawn in round 3, scored, marked kept or not
+                             (`scored_samples`; not with `LoopConfig.write_samples=False`)
       metrics.jsonl          one line per completed round
       curves.png             the per-round curves, drawn at the end
       final/                 the final model and tokenizer, loadable with `from_pretrained`
 
 Round folders are renamed into place only when complete, so the latest one is always whole; every
 other file is derived from it or rewritten atomically, so a kill at any point loses or duplicates
-nothing when the run resumes. Old round folders are renamed out of the way before they are deleted,
+nothing when the run resumes. A round's `accepted/` and `samples/` files are written before its
+checkpoint: a kill between the two leaves files of a round that did not complete, which the resumed
+run draws again (the same samples: every draw is seeded) and replaces whole, and which nothing reads
+meanwhile (`last_complete_round`). Old round folders are renamed out of the way before they are deleted,
 so a kill while pruning never leaves a partial `round-*` folder either.
 """
 
@@ -30,7 +35,8 @@ from typing import Any
 
 from itersft.atomic import write_json_atomic, write_text_atomic
 from itersft.loop.curves import plot_curves
-from itersft.loop.samples import Sample
+from itersft.loop.scored_samples import scored_lines
+from itersft.sampling.samples import Sample
 
 ROUND_PATTERN = re.compile(r"^round-(\d+)$")
 STAGING_PATTERN = re.compile(r"^\.staging-round-(\d+)$")
@@ -99,6 +105,25 @@ class RunDirectory:
         if self.is_main:
             lines = "".join(json.dumps(asdict(s), sort_keys=True) + "\n" for s in samples)
             write_text_atomic(self.root / "accepted" / f"round-{round_index:04d}.jsonl", lines)
+
+    def write_samples(self, round_index: int, drawn: list[Sample], kept: list[Sample]) -> None:
+        """Every sample the round drew, scored, each marked kept when it is in `kept` (`scored_samples`)."""
+        if self.is_main:
+            self.samples_file(round_index).parent.mkdir(exist_ok=True)
+            write_text_atomic(self.samples_file(round_index), scored_lines(round_index, drawn, kept))
+
+    def samples_file(self, round_index: int) -> Path:
+        return self.root / "samples" / f"round-{round_index:04d}.jsonl"
+
+    def last_complete_round(self) -> int | None:
+        """The newest round that completed, None when none did: the newest round checkpoint, or the last round
+        in `metrics.jsonl` when that is later (the checkpoints of a finished run may have been deleted)."""
+        latest = self.latest_round_dir()
+        rounds = [int(ROUND_PATTERN.match(latest.name).group(1))] if latest is not None else []
+        metrics = self.root / "metrics.jsonl"
+        if metrics.is_file():
+            rounds += [json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()]
+        return max(rounds, default=None)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """`metrics.jsonl`, rewritten whole from the checkpointed history (never appended)."""

@@ -25,14 +25,14 @@ The identity's fields:
 * `prompts`, `eval_prompts`, `labelled`: a hash and the count of the prompts with their metadata (the
   answers the scorer compares against), the held-out prompts, the labelled samples.
 * `scorer` and `filter`: the scorer's name or import path, and the filter's description.
-* `sampling.*`: every `SamplingConfig` field but `batch_size` (it does not change what is sampled).
-* `loop.*`: every `LoopConfig` field but `output_dir`, `rounds` (more rounds continue a run), `fail_fast`,
-  `score_timeout`, `score_workers`, `score_in_process` (how scoring runs), `keep_rounds` and
-  `resume_changed`.
-* `training.*`: every trainer setting (`trainer.args.to_dict()`) but those that only say where files
-  go, what is logged or reported and how evaluation or data loading would run (`IGNORED_TRAINING`,
-  `IGNORED_TRAINING_PREFIXES`: `output_dir`, `logging_*`, `report_to`, `run_name`, `save_*`, `hub_*`,
-  `eval_*`, `dataloader_*`, ...), plus `training.world_size` (the number of processes sets the batch).
+* `sampling.*`, `loop.*`, `training.*`: every field of the `SamplingConfig`, the `LoopConfig` and the
+  trainer's settings (`trainer.args.to_dict()`), but those that do not change what the run samples,
+  keeps or trains (where files go, what is logged, how scoring runs, how many rounds: more rounds
+  continue a run). Each such field says so where it is declared, `metadata={"identity": False}`
+  (`outside_identity`); `transformers.TrainingArguments`' own fields cannot, so the ones that only say
+  where files go, what is logged or reported and how evaluation or data loading would run are named
+  here (`TRAINING_ARGUMENTS_OUTSIDE_IDENTITY`, `..._PREFIXES`). Plus `training.world_size` (the number
+  of processes sets the batch).
 
 Never compared: a field that only one side has (a setting that a newer version added), and the
 `sources` the caller describes (where the prompts were read from: their hash is what counts).
@@ -51,25 +51,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainingArguments
 
 from itersft.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run_identity.json"
-IGNORED_LOOP = {"output_dir", "rounds", "fail_fast", "score_timeout", "score_workers", "score_in_process",
-                "keep_rounds", "resume_changed"}
-IGNORED_SAMPLING = {"batch_size"}
-IGNORED_TRAINING = {"output_dir", "report_to", "run_name", "project", "disable_tqdm", "resume_from_checkpoint",
-                    "overwrite_output_dir", "local_rank", "skip_memory_metrics", "per_device_eval_batch_size",
-                    "prediction_loss_only", "do_train", "do_eval", "do_predict", "batch_eval_metrics",
-                    "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "fp16_full_eval",
-                    "bf16_full_eval", "restore_callback_states_from_checkpoint", "ignore_data_skip", "debug",
-                    "label_names", "length_column_name", "remove_unused_columns", "torch_empty_cache_steps",
-                    "optimize_device_cache", "use_cpu", "ddp_timeout"}
-IGNORED_TRAINING_PREFIXES = ("logging_", "log_", "save_", "push_to_hub", "hub_", "eval_", "dataloader_",
-                             "include_", "trackio_")
+TRAINING_ARGUMENTS_OUTSIDE_IDENTITY = {
+    "output_dir", "report_to", "run_name", "project", "disable_tqdm", "resume_from_checkpoint", "overwrite_output_dir",
+    "local_rank", "skip_memory_metrics", "per_device_eval_batch_size", "prediction_loss_only", "do_train", "do_eval",
+    "do_predict", "batch_eval_metrics", "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
+    "fp16_full_eval", "bf16_full_eval", "restore_callback_states_from_checkpoint", "ignore_data_skip", "debug",
+    "label_names", "length_column_name", "remove_unused_columns", "torch_empty_cache_steps", "use_cpu", "ddp_timeout"}
+"""`transformers.TrainingArguments` fields outside a run's identity (itersft's own fields say so themselves)."""
+TRAINING_ARGUMENTS_OUTSIDE_IDENTITY_PREFIXES = ("logging_", "log_", "save_", "push_to_hub", "hub_", "eval_",
+                                                "dataloader_", "include_", "trackio_")
 _SAMPLED_VALUES = 1024  # entries of each parameter in the weights fingerprint
+
+
+class RunIdentityError(ValueError):
+    """A rerun would resume a run that was started with other settings (the message names each change)."""
 
 
 def weights_fingerprint(trainer) -> str | None:
@@ -114,13 +116,23 @@ def describe_run(trainer, weights: str | None, scorer, filter, sampling, config,
         "training.world_size": trainer.ranks.world_size,
     }
     identity.update({f"sampling.{f.name}": _plain(getattr(sampling, f.name)) for f in fields(sampling)
-                     if f.name not in IGNORED_SAMPLING})
+                     if f.name not in outside_identity(sampling)})
     identity.update({f"loop.{f.name}": _plain(getattr(config, f.name)) for f in fields(config)
-                     if f.name not in IGNORED_LOOP})
+                     if f.name not in outside_identity(config)})
     for name, value in trainer.args.to_dict().items():
-        if name not in IGNORED_TRAINING and not name.startswith(IGNORED_TRAINING_PREFIXES):
+        if name not in outside_identity(trainer.args):
             identity[f"training.{name}"] = _source(value) if name == "deepspeed" else _plain(value)
     return identity
+
+
+def outside_identity(settings) -> set[str]:
+    """The fields of the dataclass `settings` that are not part of a run's identity: those declared with
+    `metadata={"identity": False}`, and for trainer settings also `TrainingArguments`' own such fields."""
+    names = {f.name for f in fields(settings) if f.metadata.get("identity", True) is False}
+    if isinstance(settings, TrainingArguments):
+        names |= {f.name for f in fields(settings) if f.name in TRAINING_ARGUMENTS_OUTSIDE_IDENTITY
+                  or f.name.startswith(TRAINING_ARGUMENTS_OUTSIDE_IDENTITY_PREFIXES)}
+    return names
 
 
 def check_run_identity(root: str | Path, identity: dict[str, Any], resuming_after: int | None,
@@ -128,15 +140,15 @@ def check_run_identity(root: str | Path, identity: dict[str, Any], resuming_afte
     """Compare `identity` with the one recorded in `root` when the run resumes (after round
     `resuming_after`; None: a fresh start) and record it. Returns the changed fields ({} when none).
 
-    Raises ValueError naming every changed field unless `allow_changes`. Every process calls it and
-    decides alike (each computes the same identity); only `is_main` writes.
+    Raises `RunIdentityError` (a ValueError) naming every changed field unless `allow_changes`. Every
+    process calls it and decides alike (each computes the same identity); only `is_main` writes.
     """
     path = Path(root) / IDENTITY_FILE
     recorded = _read(path)
     changes = compare(recorded["identity"], identity) if recorded and resuming_after is not None else {}
     if changes and not allow_changes:
         listed = "\n".join(f"- {name}: {_shown(old)} -> {_shown(new)}" for name, (old, new) in changes.items())
-        raise ValueError(
+        raise RunIdentityError(
             f"Refusing to resume the run in {str(root)!r} (after round {resuming_after}): it was started as a "
             f"different run, and resuming would continue its checkpoint under the new settings. Changed "
             f"({len(changes)}):\n{listed}\nRerun with the original settings, choose a new `output_dir` for a new run, "
@@ -206,7 +218,7 @@ def _tokenizer_hash(tokenizer) -> str:
 
 
 def _callable_name(function) -> str:
-    from itersft.loop.scoring.scorers import BUILTIN_SCORERS
+    from itersft.scoring.scorers import BUILTIN_SCORERS
 
     for name, builtin in BUILTIN_SCORERS.items():
         if function is builtin:

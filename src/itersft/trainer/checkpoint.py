@@ -3,7 +3,9 @@
 A checkpoint folder holds the model (or adapters), optimizer, scheduler, RNG states and trainer state:
 everything resuming needs. It is written under a staging name and renamed into place
 (`itersft.atomic.atomic_directory`), so a process killed mid-write never leaves a half-written
-checkpoint that a resume would pick up. Every process must call these functions.
+checkpoint that a resume would pick up. Every process must call these functions. The optimizer,
+scaler, RNG and callback states are written and read by transformers' own (private) code, through
+`itersft.trainer.transformers_private`, so the files are the ones transformers writes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from itersft.atomic import atomic_directory
+from itersft.trainer import transformers_private
 
 
 def save_checkpoint(trainer, directory: str | os.PathLike, extra: Callable[[Path], None] | None = None) -> None:
@@ -30,9 +33,7 @@ def save_checkpoint(trainer, directory: str | os.PathLike, extra: Callable[[Path
         trainer.store_flos()
         trainer.save_model(str(staging), _internal_call=True)
         if not args.save_only_model:
-            trainer._save_optimizer_and_scheduler(str(staging))
-            trainer._save_scaler(str(staging))
-            trainer._save_rng_state(str(staging))
+            transformers_private.save_optimizer_scaler_rng(trainer, str(staging))
         if args.should_save:
             trainer.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
             if extra is not None:
@@ -56,13 +57,11 @@ def resume_from_checkpoint(trainer, checkpoint: str | bool = True) -> str | None
         # With adapters, the engine's checkpoint holds the trainable (adapter) weights only.
         deepspeed_load_checkpoint(trainer.model_wrapped, checkpoint, load_module_strict=not trainer.facts.adapters)
     else:
-        trainer._load_from_checkpoint(checkpoint)
-    trainer._load_optimizer_and_scheduler(checkpoint)
-    trainer._load_scaler(checkpoint)
+        transformers_private.load_model_weights(trainer, checkpoint)
+    transformers_private.load_optimizer_scaler(trainer, checkpoint)
     state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
     state.is_local_process_zero = trainer.is_local_process_zero()
     state.is_world_process_zero = trainer.is_world_process_zero()
     trainer.state = state
-    trainer._load_callback_state()
-    trainer._load_rng_state(checkpoint)
+    transformers_private.load_callbacks_rng(trainer, checkpoint)
     return checkpoint

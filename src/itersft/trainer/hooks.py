@@ -1,32 +1,33 @@
 """The user's extension points in `step()`: a `data_collator`, and `compute_loss` / `training_step` overrides.
 
-Without them `step()` never comes here (`update.default_micro_step` runs, as fast as before they
-existed). With them, each micro-batch of an accumulation window is handled as transformers' `Trainer`
-handles one, with its signatures and conventions:
+Micro-batches are built once for every path (`micro_batch.plan_windows`); these hooks change how they are
+built and run, as transformers' `Trainer` handles one, with its signatures and conventions:
 
 * **data_collator**: every micro-batch is built by the user's collator from per-sample feature dicts
-  (`data.user_collator`), and the loss is over the `labels` it returned (-100 = no loss). The window's
-  label tokens are counted on the collator's output, over all ranks, before any forward: the update's
-  loss stays the mean over every label token of the window. Sorting by length within a window still
-  applies (it only regroups one update's samples); packing cannot (the collator lays out the batch).
+  (`data.user_collator`, a `micro_batch.Collation` holding it), and the loss is over the `labels` it
+  returned (-100 = no loss). The window's label tokens are counted on the collator's output, over all
+  ranks, before any forward: the update's loss stays the mean over every label token of the window.
+  Sorting by length within a window still applies (it only regroups one update's samples); packing
+  cannot (the collator lays out the batch). Without an override the batch then runs through the
+  trainer's own loss (`update.own_micro_step`), as without a collator.
 * **compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None)** is called for every
   micro-batch; `inputs` holds model inputs only (`input_ids`, `attention_mask` or `position_ids`,
   `labels`, and whatever else a collator returned), on the device. `num_items_in_batch` is the
   window's label-token count over all ranks (a 0-dim tensor), so a loss that divides its token sum by
   it is this rank's share of the window's token mean, however samples are split into micro-batches and
   ranks. The trainer's own `compute_loss` returns exactly that (summed cross-entropy / the count).
-* **training_step(model, inputs, num_items_in_batch=None)** is called for every micro-batch with
-  `model = trainer.model_wrapped`; it does the backward and returns the detached loss. The trainer's own
-  calls `compute_loss` inside `compute_loss_context_manager()`, divides by
+* **training_step(model, inputs, num_items_in_batch=None)** is called for every micro-batch
+  (`OverrideMicroStep`) with `model = trainer.model_wrapped`; it does the backward and returns the
+  detached loss. The trainer's own calls `compute_loss` inside `compute_loss_context_manager()`, divides by
   `current_gradient_accumulation_steps` unless `loss_is_scaled_for_ga`, and back-propagates.
 * **the world-size factor** (a deliberate difference from transformers): data parallelism averages
   gradients over ranks, so a loss normalised by the count over all ranks must be multiplied by the
-  number of processes before backward. itersft's `training_step` does that, not `compute_loss`, so a
-  `compute_loss` override that divides by `num_items_in_batch` (alone, or added to `super()`'s loss) is
-  exact under DDP, FSDP2 and DeepSpeed. A `training_step` override that runs its own backward must
-  multiply by `self.accelerator.num_processes` itself (and pass `scale_wrt_gas=False` under DeepSpeed,
-  or call `self.engine.backward`). A loss declared a per-micro-batch mean (`loss_is_scaled_for_ga =
-  False`) gets no factor: it averages over ranks, as in transformers.
+  number of processes before backward (`context.backward_share`). itersft's `training_step` does that,
+  not `compute_loss`, so a `compute_loss` override that divides by `num_items_in_batch` (alone, or added
+  to `super()`'s loss) is exact under DDP, FSDP2 and DeepSpeed. A `training_step` override that runs its
+  own backward must multiply by `self.accelerator.num_processes` itself (and pass `scale_wrt_gas=False`
+  under DeepSpeed, or call `self.engine.backward`). A loss declared a per-micro-batch mean
+  (`loss_is_scaled_for_ga = False`) gets no factor: it averages over ranks, as in transformers.
 
 Empty micro-batches (a rank with no sample left) never reach an override: they run the trainer's own
 weightless forward so the collectives of the other ranks complete.
@@ -34,19 +35,13 @@ weightless forward so the collectives of the other ranks complete.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from itersft.data.example import Example
-from itersft.data.user_collator import label_count
-from itersft.trainer.loss import label_positions, summed_token_loss
-from itersft.trainer.stats import StepStats
+from itersft.data.example import count_label_tokens
+from itersft.trainer.context import UpdateContext, backward_share
+from itersft.trainer.micro_batch import MicroBatch, Window
 
 OVERRIDABLE = ("compute_loss", "training_step")
-# The keys the trainer's fast loss routes read; a batch with any other key runs one forward with all of them.
-FAST_KEYS = {False: frozenset({"input_ids", "attention_mask", "position_ids", "labels"}),
-             True: frozenset({"input_ids", "attention_mask", "labels"})}
 
 
 def overridden(trainer, base: type) -> bool:
@@ -55,55 +50,36 @@ def overridden(trainer, base: type) -> bool:
                for name in OVERRIDABLE)
 
 
-def micro_step(trainer, overridden: bool) -> Callable | None:
-    """How `update.run_update` runs each micro-batch: None for its default (no collator, no override)."""
-    if overridden:
-        return override_micro_step
-    return collated_micro_step if trainer.user_collator is not None else None
+class OverrideMicroStep:
+    """`update.run_update`'s micro-step for a trainer whose `compute_loss` or `training_step` is overridden:
+    every micro-batch goes through `trainer.training_step`, as in transformers' `Trainer`."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __call__(self, ctx: UpdateContext, micro_batch: MicroBatch, window: Window) -> torch.Tensor:
+        """Returns the micro-batch's loss times the window's token count, so that summed over micro-batches
+        and ranks it is the window's summed loss, as the statistics expect."""
+        trainer = self.trainer
+        # transformers' name for the window's micro-batch count, read by code ported from its `training_step`.
+        trainer.current_gradient_accumulation_steps = len(window.micro_batches)
+        num_items = torch.tensor(window.label_tokens, device=ctx.device)
+        loss = trainer.training_step(ctx.module, micro_batch.inputs(ctx.device), num_items)
+        check_scalar(loss, f"{type(trainer).__qualname__}.training_step")
+        share = loss.detach().float() * window.label_tokens
+        return share if loss_is_scaled(trainer, num_items) else share / ctx.ranks.world_size
 
 
-def takes_fast_route(batch: dict, seq2seq: bool) -> bool:
-    """Whether the batch holds only what the trainer's fast loss routes read (see `FAST_KEYS`)."""
-    keys = batch.keys() - {"loss_positions", "loss_targets"}
-    return keys <= FAST_KEYS[seq2seq] and (not seq2seq or "attention_mask" in keys)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def count_batch(stats: StepStats, examples: list[Example], batch: dict, seq2seq: bool) -> None:
-    """Real tokens are the samples' own; padded tokens are what the batch holds."""
-    stats.real_tokens += sum(e.num_real_tokens(seq2seq) for e in examples)
-    stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if seq2seq else 0)
-
-
-# ---- one micro-batch ------------------------------------------------------------------------------
-
-
-def collated_micro_step(trainer, model, examples: list[Example], host: dict, window_tokens: int,
-                        stats: StepStats) -> torch.Tensor:
-    """A collator's micro-batch without overrides: the trainer's own summed loss, scaled as the default
-    path scales it; returns the detached summed loss."""
-    count_batch(stats, examples, host, trainer.is_encoder_decoder)
-    batch = to_device(host, trainer.args.device)
-    with trainer.compute_loss_context_manager():
-        loss = summed_loss(trainer, model, batch)
-        trainer.engine.backward(loss * (trainer.ranks.world_size / window_tokens))
-    return loss.detach()
-
-
-def override_micro_step(trainer, model, examples: list[Example], host: dict, window_tokens: int,
-                        stats: StepStats) -> torch.Tensor:
-    """A micro-batch through `trainer.training_step`; returns its loss times the window's token count, so
-    that summed over micro-batches and ranks it is the window's summed loss, as the statistics expect."""
-    count_batch(stats, examples, host, trainer.is_encoder_decoder)
-    inputs = to_device(host, trainer.args.device)
-    num_items = torch.tensor(window_tokens, device=trainer.args.device)
-    loss = trainer.training_step(model, inputs, num_items)
-    check_scalar(loss, f"{type(trainer).__qualname__}.training_step")
-    share = loss.detach().float() * window_tokens
-    return share if loss_is_scaled(trainer, num_items) else share / trainer.ranks.world_size
+def override_eval_loss(trainer, micro_batch: MicroBatch, total: int) -> torch.Tensor:
+    """One eval batch's summed loss by a `compute_loss` override, called as `step()` calls it, with
+    `num_items_in_batch` = `total`, the eval set's label tokens over all ranks (`evaluation.token_mean_loss`)."""
+    device = trainer.args.device
+    if micro_batch.label_tokens == 0:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    num_items = torch.tensor(total, device=device)
+    loss = trainer.compute_loss(trainer.model, micro_batch.inputs(device), num_items_in_batch=num_items)
+    check_scalar(loss, f"{type(trainer).__qualname__}.compute_loss")
+    return loss.double() * (total if loss_is_scaled(trainer, num_items) else micro_batch.label_tokens)
 
 
 # ---- the trainer's own training_step and compute_loss ---------------------------------------------
@@ -120,7 +96,7 @@ def training_step(trainer, model, inputs: dict, num_items_in_batch=None) -> torc
         loss = trainer.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
     check_scalar(loss, f"{type(trainer).__qualname__}.compute_loss", needs_grad=True)
     if loss_is_scaled(trainer, num_items_in_batch):
-        trainer.engine.backward(loss * trainer.ranks.world_size)
+        backward_share(trainer.engine, trainer.ranks, loss)
     else:
         loss = loss / trainer.current_gradient_accumulation_steps
         trainer.engine.backward(loss)
@@ -136,40 +112,14 @@ def compute_loss(trainer, model, inputs: dict, return_outputs: bool = False, num
     exact route computes the loss (for a causal model: at the label positions only).
     """
     seq2seq = trainer.is_encoder_decoder
-    labels = inputs["labels"]
-    if return_outputs or not takes_fast_route(inputs, seq2seq):
-        summed, outputs = forward_loss(trainer, model, inputs)
+    if return_outputs:
+        summed, outputs = trainer.summed_loss.with_outputs(model, inputs)
     else:
-        batch = inputs if seq2seq else {**inputs, **dict(zip(("loss_positions", "loss_targets"),
-                                                             label_positions(labels)))}
-        summed, outputs = trainer.summed_loss(model, batch), None
+        summed, outputs = trainer.summed_loss(model, inputs), None
     if num_items_in_batch is None:
-        num_items_in_batch = label_count(inputs, seq2seq)
+        num_items_in_batch = count_label_tokens(inputs["labels"], causal=not seq2seq)
     loss = summed / num_items_in_batch
     return (loss, outputs) if return_outputs else loss
-
-
-def summed_loss(trainer, module, batch: dict) -> torch.Tensor:
-    """Summed token loss of a batch with labels: the trainer's fast route where the batch holds only what
-    it reads, else one forward with every key the collator returned."""
-    if takes_fast_route(batch, trainer.is_encoder_decoder):
-        return trainer.summed_loss(module, batch)
-    return forward_loss(trainer, module, batch)[0]
-
-
-def forward_loss(trainer, module, inputs: dict):
-    """`(summed token loss, model outputs)` from one forward with every input but `labels` (and the
-    trainer's own bookkeeping); a seq2seq decoder is fed the right-shifted labels unless given its inputs."""
-    labels = inputs["labels"]
-    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "loss_positions", "loss_targets")}
-    if trainer.is_encoder_decoder and "decoder_input_ids" not in model_inputs:
-        base = trainer.facts.base
-        if hasattr(base, "prepare_decoder_input_ids_from_labels"):
-            model_inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
-        else:
-            model_inputs["labels"] = labels  # the model shifts them itself; its own (mean) loss is ignored
-    outputs = module(**model_inputs, use_cache=False)
-    return summed_token_loss(outputs.logits, labels, shift=not trainer.is_encoder_decoder), outputs
 
 
 def loss_is_scaled(trainer, num_items_in_batch) -> bool:

@@ -16,7 +16,12 @@ DDP, FSDP, DeepSpeed or `torch.compile`, whose wrappers must see the forward), a
 head (not LoRA-wrapped, quantised, offloaded or partitioned by ZeRO-3) and no prompt-learning adapter.
 Otherwise a model whose forward takes `logits_to_keep` computes logits at the label positions only,
 through the wrapper; anything else gets full logits. `SummedLoss` makes that choice once per trainer.
-Seq2seq models get the full-logits loss on the decoder's output (`seq2seq_summed_loss`).
+Seq2seq models get the full-logits loss on the decoder's output (`seq2seq_summed_loss`), the decoder fed
+`decoder_inputs`.
+
+Which positions carry a label follows one rule (`itersft.data.example.loss_targets`); `label_positions`
+finds them for a causal batch, on the host when the micro-batch is built (`itersft.trainer.micro_batch`),
+and `with_label_positions` adds them to a batch that arrives without them (a user's `compute_loss` call).
 """
 
 from __future__ import annotations
@@ -32,39 +37,68 @@ from torch.autograd.function import once_differentiable
 from torch.distributed.fsdp import FSDPModule
 
 from itersft import packed_attention
-from itersft.data.example import IGNORE_INDEX
+from itersft.data.example import IGNORE_INDEX, loss_targets
 from itersft.trainer.model_facts import ModelFacts
 
-# Rows of float32 logits computed at once: bounds the loss's extra memory to about 32 MiB per chunk.
-LOGITS_PER_CHUNK = 2**23
+# Float32 logits computed at once: bounds the loss's extra memory to just under 32 MiB per chunk. Under,
+# not at: glibc's malloc maps a block of 32 MiB or more fresh from the kernel on every allocation (the
+# ceiling of its adaptive mmap threshold, mallopt(3)), so a chunk of exactly 32 MiB cost ~8,000 page
+# faults each time (a few percent of a step on a small model), while a smaller one is reused.
+LOGITS_PER_CHUNK = 2**23 - 2**16
+# The keys the fast routes read, per model kind (seq2seq: also needs `attention_mask`); a batch with any
+# other key (a collator's extras) runs one forward with all of them.
+FAST_KEYS = {False: frozenset({"input_ids", "attention_mask", "position_ids", "labels"}),
+             True: frozenset({"input_ids", "attention_mask", "labels"})}
+# What the trainer adds to a batch for its own loss; never a model input.
+BOOKKEEPING = frozenset({"loss_positions", "loss_targets", "packed_lengths"})
 
 
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
     """Sum of cross-entropy over the tokens whose label is not -100, in float32.
 
-    `shift=True` (causal LMs): the logits at position t predict the label at t + 1. Returning the sum
-    rather than the mean is what lets `step()` divide by the token count of the whole accumulation
-    window, so every token weighs the same however samples are split into micro-batches.
+    `shift=True` (causal LMs): the logits at position t predict the label at t + 1 (`loss_targets`).
+    Returning the sum rather than the mean is what lets `step()` divide by the token count of the whole
+    accumulation window, so every token weighs the same however samples are split into micro-batches.
     """
-    if shift:
-        logits, labels = logits[:, :-1, :], labels[:, 1:]
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
-        labels.reshape(-1).to(logits.device),
+        loss_targets(labels, causal=shift).reshape(-1).to(logits.device),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a causal batch: flat indices into `(batch * seq)` of the positions whose *next* label counts,
-    and those labels. Computed on the host, before the batch moves, so the device never has to report a
-    count back (a boolean-mask gather would make it)."""
-    targets = torch.full_like(labels, IGNORE_INDEX)
-    targets[:, :-1] = labels[:, 1:]
-    targets = targets.reshape(-1)
+    """For a causal batch: flat indices into `(batch * seq)` of the positions that carry a label
+    (`loss_targets`), and those labels. Computed on the host, before the batch moves, so the device never
+    has to report a count back (a boolean-mask gather would make it)."""
+    targets = loss_targets(labels, causal=True).reshape(-1)
     positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     return positions, targets[positions]
+
+
+def takes_fast_route(batch: dict, seq2seq: bool) -> bool:
+    """Whether the batch holds only what the fast routes read (see `FAST_KEYS`)."""
+    keys = batch.keys() - BOOKKEEPING
+    return keys <= FAST_KEYS[seq2seq] and (not seq2seq or "attention_mask" in keys)
+
+
+def with_label_positions(batch: dict, seq2seq: bool) -> dict:
+    """`batch` with the label positions a causal fast route reads (`label_positions`), found once: where
+    they are already there, or the batch is seq2seq or takes the full forward, it is returned as it is."""
+    if seq2seq or "loss_positions" in batch or not takes_fast_route(batch, seq2seq):
+        return batch
+    positions, targets = label_positions(batch["labels"])
+    return {**batch, "loss_positions": positions, "loss_targets": targets}
+
+
+def decoder_inputs(base: nn.Module, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a seq2seq decoder is fed for `labels`: the labels shifted right, built by `base` (the
+    transformers model) where it can; otherwise `labels` themselves, which the model shifts (its own mean
+    loss is then ignored)."""
+    if hasattr(base, "prepare_decoder_input_ids_from_labels"):
+        return {"decoder_input_ids": base.prepare_decoder_input_ids_from_labels(labels=labels)}
+    return {"labels": labels}
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):
@@ -129,8 +163,13 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     most `chunk_rows` rows exist at a time (default: `LOGITS_PER_CHUNK` values).
     """
     if chunk_rows is None:
-        chunk_rows = max(16, LOGITS_PER_CHUNK // weight.shape[0])
+        chunk_rows = default_chunk_rows(weight.shape[0])
     return _LinearCrossEntropySum.apply(hidden, weight, bias, targets, chunk_rows)
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    """Rows of logits per chunk for a head of `vocab_size` outputs: `LOGITS_PER_CHUNK` values, at least 16 rows."""
+    return max(16, LOGITS_PER_CHUNK // vocab_size)
 
 
 
@@ -165,8 +204,9 @@ class SummedLoss:
     (evaluation; training in one process) may take the decoder + chunked head route; a wrapper (DDP)
     must be called as a whole. Forward hooks are not fixed (a user or a library such as ZeRO-3 may add
     them at any time), so they are looked up on every call: where the model or its head carries one, the
-    full forward runs so the hook sees it. A packed row (`packed_lengths` in the batch) is attended sample
-    by sample where `attends_per_sample` says so.
+    full forward runs so the hook sees it. A batch with keys the fast routes do not read (a collator's
+    extras) runs one forward with all of them (`with_outputs`). A packed row (`packed_lengths` in the
+    batch) is attended sample by sample where `switches_attention` says so.
     """
 
     def __init__(self, model: nn.Module, facts: ModelFacts,
@@ -184,25 +224,44 @@ class SummedLoss:
             return "head"
         return "logits_to_keep" if self.facts.takes_logits_to_keep else "full"
 
+    def switches_attention(self, module: nn.Module) -> bool:
+        """Whether a packed row run through `module` goes through `itersft.packed_attention` (not through
+        `torch.compile`, whose graph would not see the switch of attention function)."""
+        return packed_attention.applies(self.model) and not is_compiled_module(module)
+
     def attends_per_sample(self, module: nn.Module) -> bool:
         """Whether a packed row run through `module` is attended sample by sample: by flash-attention
-        kernels, or by `itersft.packed_attention` (not through `torch.compile`, whose graph would not see
-        the switch of attention function)."""
-        return self.facts.flash_attention or (packed_attention.applies(self.model) and not is_compiled_module(module))
+        kernels, or by `itersft.packed_attention` (`switches_attention`). Packing then always pays."""
+        return self.facts.flash_attention or self.switches_attention(module)
 
     def __call__(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        seq2seq = self.facts.is_encoder_decoder
+        if not takes_fast_route(batch, seq2seq):
+            return self.with_outputs(module, batch)[0]
         route = self.route(module)
         if route == "seq2seq":
             return seq2seq_summed_loss(module, batch, self.facts.base)
+        batch = with_label_positions(batch, seq2seq)
         attention = contextlib.nullcontext()
         if batch.get("packed_lengths") is not None:
-            if packed_attention.applies(self.model) and not is_compiled_module(module):
+            if self.switches_attention(module):
                 attention = packed_attention.attending_per_sample(self.model)
             else:  # flash kernels, or transformers' block-diagonal mask: the lengths are not read
                 batch = {k: v for k, v in batch.items() if k != "packed_lengths"}
         with attention:
             return causal_summed_loss(module, batch, self.autocast, self.head if route == "head" else None,
                                       keep_logits=route == "logits_to_keep")
+
+    def with_outputs(self, module: nn.Module, inputs: dict[str, torch.Tensor]):
+        """`(summed token loss, model outputs)` from one full forward with every input but `labels` and the
+        trainer's bookkeeping; a seq2seq decoder gets `decoder_inputs` unless the batch brings its own."""
+        seq2seq = self.facts.is_encoder_decoder
+        labels = inputs["labels"]
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in BOOKKEEPING}
+        if seq2seq and "decoder_input_ids" not in model_inputs:
+            model_inputs.update(decoder_inputs(self.facts.base, labels))
+        outputs = module(**model_inputs, use_cache=False)
+        return summed_token_loss(outputs.logits, labels, shift=not seq2seq), outputs
 
 
 def causal_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor],
@@ -233,15 +292,8 @@ def causal_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor],
 
 
 def seq2seq_summed_loss(module: nn.Module, batch: dict[str, torch.Tensor], base: nn.Module) -> torch.Tensor:
-    """Summed token loss of one seq2seq micro-batch: the encoder reads `input_ids`, the decoder `labels`.
-
-    The decoder's inputs are the labels shifted right, built by `base` (the transformers model) where it
-    can; otherwise the model is given `labels`, shifts them itself, and its own (mean) loss is ignored.
-    """
-    if hasattr(base, "prepare_decoder_input_ids_from_labels"):
-        decoder = {"decoder_input_ids": base.prepare_decoder_input_ids_from_labels(labels=batch["labels"])}
-    else:
-        decoder = {"labels": batch["labels"]}
+    """Summed token loss of one seq2seq micro-batch: the encoder reads `input_ids`, the decoder the
+    `decoder_inputs` built from `labels`."""
     logits = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                    **decoder).logits
+                    **decoder_inputs(base, batch["labels"])).logits
     return summed_token_loss(logits, batch["labels"], shift=False)

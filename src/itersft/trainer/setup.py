@@ -115,7 +115,7 @@ def load_tokenizer(model, model_name: str | None):
             "(or `processing_class=`), e.g. `AutoTokenizer.from_pretrained(...)`."
         )
     try:
-        source = resolve_model_source(name)
+        source = resolve_model_source(name, kind="tokenizer")
         return AutoTokenizer.from_pretrained(source.name_or_path, **source.file_kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from itersft.trainer.micro_batch import MicroBatch
 
 
 @dataclass
@@ -22,6 +26,12 @@ class StepStats:
     skipped_samples: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+
+    def count(self, micro_batch: MicroBatch) -> None:
+        """The tokens of one micro-batch that ran: its samples' real tokens, and
+        every token its batch computed, padding included."""
+        self.real_tokens += micro_batch.real_tokens
+        self.padded_tokens += micro_batch.padded_tokens
 
     def record_update(self, loss_sum: float, loss_tokens: int, grad_norm: float, learning_rate: float) -> None:
         """One optimizer update that was taken."""

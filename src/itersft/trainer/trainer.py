@@ -16,40 +16,53 @@ then hand over whatever survived. Each call trains on exactly the samples given:
 It subclasses `transformers.Trainer`, so callbacks, `report_to`, `evaluate()`, `save_model()` and
 `push_to_hub()` work as usual. `train()` does not apply: training data arrives through `step()`.
 The parts live beside this module: `setup` (what the constructor was given), `model_facts` (what the
-model allows), `windows` and `update` (one update), `engine` (DDP/FSDP2/DeepSpeed), `loss`, `hooks`
-(the user's `data_collator`, `compute_loss` and `training_step`), `evaluation`, `checkpoint`, `stats`.
+model allows); one update: `micro_batch` (the unit of work), `context` (what an update works with),
+`update`, `engine` (DDP/FSDP2/DeepSpeed), `loss`, `hooks` (the user's `data_collator`, `compute_loss` and
+`training_step`); `evaluation`, `checkpoint`, `transformers_private` (the adapter to transformers'
+private `Trainer` methods), `stats`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils.memory import clear_device_cache
-from transformers import Trainer, TrainingArguments
+from transformers import (
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import rotate_checkpoints, set_seed
+from transformers.trainer_utils import set_seed
 
 from itersft.config import setting
 from itersft.data.batching import shuffled
-from itersft.data.collate import ExampleCollator, collate
+from itersft.data.collate import ExampleCollator
 from itersft.data.encode import ExampleEncoder
 from itersft.data.eval_dataset import tokenize_eval_dataset
-from itersft.data.example import Example
-from itersft.data.truncate import truncate_example
-from itersft.data.user_collator import check_collator, samples_carry_labels
+from itersft.data.truncate import truncate_examples
+from itersft.data.user_collator import TensorFeatures, check_collator, samples_carry_labels
 from itersft.data.validate import validate_step_input
 from itersft.distributed import Ranks
+from itersft.precision import check_trainer_precision
 from itersft.trainer import checkpoint as checkpoints
-from itersft.trainer import hooks, optimization
+from itersft.trainer import hooks, optimization, transformers_private
+from itersft.trainer.context import trainer_loss, update_context
 from itersft.trainer.engine import Engine
-from itersft.trainer.evaluation import token_mean_loss
+from itersft.trainer.evaluation import eval_micro_batches, token_mean_loss
 from itersft.trainer.guard import UpdateGuard
-from itersft.trainer.loss import SummedLoss, label_positions
+from itersft.trainer.loss import SummedLoss
+from itersft.trainer.micro_batch import Collation, Layout, may_pack, plan_windows
 from itersft.trainer.model_facts import inspect_model
 from itersft.trainer.setup import (
     Default,
@@ -64,8 +77,11 @@ from itersft.trainer.setup import (
     wrap_with_peft,
 )
 from itersft.trainer.stats import StepStats
-from itersft.trainer.update import run_update
-from itersft.trainer.windows import plan_windows
+from itersft.trainer.update import own_micro_step, run_update
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from peft import PeftConfig, PeftModel
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +93,14 @@ class IterativeSFTTrainer(Trainer):
         model: a `PreTrainedModel` (or `PeftModel`), or a hub id / local path, loaded as a causal or
             seq2seq LM according to its config, with `args.model_init_kwargs`.
         args: `IterativeSFTConfig` or plain `TrainingArguments`. None: defaults that work on CPU and GPU.
-            A tokenizer given here (the `IterativeSFTTrainer(model, tokenizer)` quickstart) is taken as
-            the tokenizer.
+            A tokenizer or processor given here (the `IterativeSFTTrainer(model, tokenizer)` quickstart)
+            is taken as the tokenizer, with the default arguments.
         tokenizer: tokenizer or processor; loaded from the model's name when not given. Never modified.
         optimizers: `(optimizer, lr_scheduler)`; either may be None to get the default.
         data_collator: builds every micro-batch of `step()` and of `evaluate()` from per-sample dicts of
-            `input_ids`, `attention_mask` (and `labels` when the samples carry their own), and the loss
-            follows the `labels` it returns. None: the trainer pads (`batching` may also pack). See `hooks`.
+            1-D `torch.long` tensors (the caller's own where `step()` got tensors), `input_ids`,
+            `attention_mask` (and `labels` when the samples carry their own), and the loss follows the
+            `labels` it returns. None: the trainer pads (`batching` may also pack). See `user_collator`.
         eval_dataset: a `datasets.Dataset` (or dict of them) with `input_ids` (and optionally
             `attention_mask`, `labels`), or with text columns: `text` (+ `text_label` for seq2seq),
             `prompt` + `completion`, or `messages`; text columns are tokenised as `step()` would.
@@ -105,24 +122,27 @@ class IterativeSFTTrainer(Trainer):
     training_step = hooks.training_step
     compute_loss = hooks.compute_loss
     loss_is_scaled_for_ga: bool | None = True
+    # transformers' private hook for a numbered checkpoint, called by `step()` at `save_steps` (see
+    # `transformers_private`): written atomically, as `save_checkpoint` writes.
+    _save_checkpoint = transformers_private.save_numbered_checkpoint
 
     def __init__(
         self,
-        model=None,
-        args: TrainingArguments | None = None,
-        tokenizer=None,
-        optimizers: tuple = (None, None),
-        data_collator=None,
-        eval_dataset=None,
+        model: PreTrainedModel | PeftModel | str | os.PathLike | None = None,
+        args: TrainingArguments | PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        tokenizer: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler | None] = (None, None),
+        data_collator: Callable[[list[dict[str, torch.Tensor]]], Mapping[str, Any]] | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
         max_length: int | None = None,
         truncation_mode: str = Default("keep_end"),
-        preprocess_logits_for_metrics=None,
-        compute_metrics=None,
+        preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
         optimize_device_cache: bool = Default(False),
         *,
-        processing_class=None,
-        peft_config=None,
-        callbacks=None,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        peft_config: PeftConfig | None = None,
+        callbacks: list[TrainerCallback | type[TrainerCallback]] | None = None,
     ):
         if is_tokenizer_like(args):
             if tokenizer is not None or processing_class is not None:
@@ -135,6 +155,7 @@ class IterativeSFTTrainer(Trainer):
         tokenizer = tokenizer if tokenizer is not None else processing_class
         args, self.settings = resolve_settings(args, max_length=max_length, truncation_mode=truncation_mode,
                                                optimize_device_cache=optimize_device_cache)
+        check_trainer_precision(args)  # before the model loads: bf16 that cannot run is refused, slow bf16 warned of
         if model is None:
             raise ValueError("`model` is required: a PreTrainedModel, or a hub id or local path to load.")
         model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
@@ -159,13 +180,17 @@ class IterativeSFTTrainer(Trainer):
         self.pad_token_id = choose_pad_token_id(self.tokenizer, model)
         self.rows_collator = ExampleCollator(self.pad_token_id, self.is_encoder_decoder)
         self.user_collator = check_collator(data_collator, self.settings.batching)
+        # Every sample, of step() and of a text eval set, cut along the sequence axis (`truncate_examples`).
+        self._truncate = partial(truncate_examples, max_length=self.settings.max_length,
+                                 mode=self.settings.truncation_mode, max_positions=self.facts.max_positions,
+                                 is_encoder_decoder=self.is_encoder_decoder)
         if eval_dataset is not None:
             eval_dataset = tokenize_eval_dataset(eval_dataset, self.encoder, self._truncate)
 
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or self.rows_collator,
+            data_collator=self.rows_collator if data_collator is None else TensorFeatures(data_collator),
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
@@ -178,12 +203,7 @@ class IterativeSFTTrainer(Trainer):
         self.remove_callback(PrinterCallback)
         self._callbacks_started = False
         self.ranks = Ranks(self.accelerator)
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > 1 and self.ranks.world_size == 1:
-            raise ValueError(
-                f"Launched as {launched} processes, but this trainer runs as one: each would train its own copy. "
-                "On CPU pass `use_cpu=True` in the config (or launch with `accelerate launch --cpu`)."
-            )
+        self.ranks.check_launch()
         self.engine = Engine(self.accelerator, self.is_deepspeed_enabled, self.is_fsdp_enabled)
         optimization.prepare_optimization(self)
         self.summed_loss = SummedLoss(self.model, self.facts, self.accelerator.autocast)
@@ -210,8 +230,9 @@ class IterativeSFTTrainer(Trainer):
     def train(self, *args, **kwargs):
         """Not supported: an iterative trainer receives its data through `step()`."""
         raise NotImplementedError(
-            "IterativeSFTTrainer trains through step(): call `trainer.step(texts=...)` (or input_ids=, "
-            "prompts=/completions=, messages=) from your loop, or use `itersft.loop.ExpertIteration`."
+            "IterativeSFTTrainer.train() does not apply: data arrives through `IterativeSFTTrainer.step`. Call "
+            "`trainer.step(texts=...)` (or input_ids=, prompts=/completions=, messages=) from your own loop, or "
+            "let `itersft.loop.ExpertIteration` run the generate -> score -> filter -> train loop."
         )
 
     # ---- step ---------------------------------------------------------------------------------
@@ -261,14 +282,21 @@ class IterativeSFTTrainer(Trainer):
             self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
             self._callbacks_started = True
         self.model_wrapped.train()
-        pending = {"should_log": False, "should_evaluate": False, "should_save": False}
         # Looked up on every call, so that an override set on the instance after construction counts too.
         overridden = hooks.overridden(self, IterativeSFTTrainer)
-        carries_labels = samples_carry_labels(form, lists, self.is_encoder_decoder)
-        for window, window_tokens in plan_windows(self, trainable, carries_labels, overridden):
-            run_update(self, window, window_tokens, stats, hooks.micro_step(self, overridden))
-            for flag in pending:
-                pending[flag] = pending[flag] or getattr(self.control, flag)
+        windows = plan_windows(trainable, self._layout(overridden),
+                               self._collation(samples_carry_labels(form, lists, self.is_encoder_decoder), overridden),
+                               self.ranks, self.args.device)
+        context = update_context(self)
+        micro_step = hooks.OverrideMicroStep(self) if overridden else own_micro_step
+        pending = {"should_log": False, "should_evaluate": False, "should_save": False}
+        try:
+            for window in windows:
+                run_update(context, window, stats, micro_step)
+                for flag in pending:
+                    pending[flag] = pending[flag] or getattr(context.callbacks.control, flag)
+        finally:
+            self.control = context.callbacks.control
         stats.samples, stats.skipped_samples, stats.real_tokens, stats.padded_tokens = (int(v) for v in self.ranks.sum(
             [stats.samples, stats.skipped_samples, stats.real_tokens, stats.padded_tokens], self.args.device))
         self.state.num_input_tokens_seen += stats.real_tokens
@@ -278,40 +306,19 @@ class IterativeSFTTrainer(Trainer):
             clear_device_cache(garbage_collection=True)
         return result
 
-    def _truncate(self, examples: list[Example]) -> list[Example]:
-        """Every example cut along the sequence axis to `max_length`, or, when that is unset, to the positions
-        the model has (`ModelFacts.max_positions`), with a warning: a longer sample would not fit it."""
-        limit, mode = self.settings.max_length, self.settings.truncation_mode
-        if limit is None and self.facts.max_positions is not None:
-            limit = self.facts.max_positions
-            over = sum(max(e.size()) > limit for e in examples)
-            if over:
-                logger.warning("%d sample(s) are longer than the model's %d positions: cut to %d tokens (%s). "
-                               "Set `max_length` to choose the length yourself.", over, limit, limit, mode)
-        return [truncate_example(e, limit, mode, self.is_encoder_decoder) for e in examples]
+    # ---- what one update works with -----------------------------------------------------------
 
-    def device_batch(self, examples: list[Example], packed: bool = False) -> dict[str, torch.Tensor]:
-        """Collate on the host and move to the device; causal label positions are found on the host,
-        so the device never has to report a count back. A packed row also carries `packed_lengths`, its
-        samples' lengths as host ints, for `itersft.packed_attention` (no device sync to find them)."""
-        host = collate(examples, self.pad_token_id, self.is_encoder_decoder, packed)
-        if not self.is_encoder_decoder:
-            host["loss_positions"], host["loss_targets"] = label_positions(host["labels"])
-        batch = {k: v.to(self.args.device, non_blocking=True) for k, v in host.items()}
-        if packed:
-            batch["packed_lengths"] = tuple(len(e.input_ids) for e in examples)
-        return batch
+    def _collation(self, carries_labels: bool, overridden: bool) -> Collation:
+        """How this trainer's micro-batches are collated (`micro_batch.Collation`)."""
+        return Collation(self.pad_token_id, self.is_encoder_decoder, self.user_collator, carries_labels,
+                         own_loss=not overridden)
 
-    def weightless_loss(self, module) -> torch.Tensor:
-        """A zero loss from a real forward pass through `module` (the model, possibly DDP-wrapped).
-
-        A rank with no samples left in a window still runs forward and backward, so the collective
-        gradient reduction of the other ranks does not wait for it forever; its gradient is zero.
-        """
-        dummy = Example(torch.full((2,), self.pad_token_id), torch.ones(2, dtype=torch.long),
-                        torch.full((2,), self.pad_token_id))
-        with self.compute_loss_context_manager():
-            return self.summed_loss(module, self.device_batch([dummy])) * 0.0
+    def _layout(self, overridden: bool) -> Layout:
+        """How `step()`'s samples are cut and laid out (`micro_batch.Layout`)."""
+        args, facts, batching = self.args, self.facts, self.settings.batching
+        return Layout(args.per_device_train_batch_size, args.gradient_accumulation_steps, batching,
+                      may_pack(facts.packs, batching, self.user_collator, overridden), facts.hidden_size,
+                      self.summed_loss.attends_per_sample(self.model_wrapped))
 
     def _log_evaluate_save(self, result: dict[str, Any], pending: dict[str, bool]) -> None:
         """Act on the log/eval/save requests that the updates of this call raised."""
@@ -329,7 +336,12 @@ class IterativeSFTTrainer(Trainer):
                         metric_key_prefix="eval"):
         """`Trainer.evaluation_loop` for predictions and `compute_metrics`; `{prefix}_loss` is the mean over
         every label token of the dataset (`evaluation.token_mean_loss`)."""
-        loss = token_mean_loss(self, dataloader.dataset, hooks.overridden(self, IterativeSFTTrainer))
+        overridden = hooks.overridden(self, IterativeSFTTrainer)
+        micro_batches = eval_micro_batches(dataloader.dataset, self.rows_collator, self._collation(False, overridden),
+                                           self.args.per_device_eval_batch_size, self.ranks)
+        self.model.eval()
+        loss = token_mean_loss(micro_batches, trainer_loss(self), self.model, self.ranks, self.shards_parameters,
+                               partial(hooks.override_eval_loss, self) if overridden else None)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
         output.metrics[f"{metric_key_prefix}_loss"] = loss
@@ -344,14 +356,6 @@ class IterativeSFTTrainer(Trainer):
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-<global_step>` atomically and rotate old ones (`save_total_limit`)."""
-        run_dir = self._get_output_dir(trial=trial)
-        self.save_checkpoint(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"))
-        if self.args.should_save:
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model (or adapters) so that `from_pretrained(output_dir)` loads it.
 
@@ -362,7 +366,8 @@ class IterativeSFTTrainer(Trainer):
         super().save_model(output_dir, _internal_call=_internal_call)
         if (self.is_fsdp_enabled and not _internal_call
                 and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)):
-            self._save(output_dir or self.args.output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+            transformers_private.save_weights(self, output_dir or self.args.output_dir,
+                                              self.accelerator.get_state_dict(self.model))
 
     def save_checkpoint(self, directory: str | os.PathLike, extra: Callable[[Path], None] | None = None) -> None:
         """Write a full checkpoint to `directory`, atomically (`checkpoint.save_checkpoint`).

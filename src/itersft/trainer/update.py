@@ -1,9 +1,15 @@
 """One optimizer update of `step()`: forward and backward over an accumulation window, then step or skip.
 
+It works on a `micro_batch.Window` with an `UpdateContext` (engine, ranks, optimizer, guard, callbacks,
+loss), the same on every path; what differs per micro-batch is the `MicroStep`: the trainer's own loss
+(`own_micro_step`, with or without a user's collator) or a user's `compute_loss`/`training_step`
+(`hooks.OverrideMicroStep`).
+
 The loss of the update is the mean over every label token of the window, on every rank: each
-micro-batch's *summed* token loss is scaled by world size / (the window's label tokens over all ranks)
-before backward, because data parallelism averages gradients over ranks. The result is the gradient of
-the mean over every token of the window, however the samples are split into micro-batches and ranks.
+micro-batch's *summed* token loss is divided by the window's label tokens over all ranks and multiplied
+by the world size before backward (`context.backward_share`), because data parallelism averages gradients
+over ranks. The result is the gradient of the mean over every token of the window, however the samples
+are split into micro-batches and ranks.
 
 An update is taken whole or not at all:
 
@@ -21,12 +27,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 import torch
 
-from itersft.data.example import Example
+from itersft.trainer.context import UpdateContext, backward_share
+from itersft.trainer.micro_batch import MicroBatch, Window
 from itersft.trainer.stats import StepStats
 
 logger = logging.getLogger(__name__)
@@ -35,88 +41,84 @@ logger = logging.getLogger(__name__)
 _CHECKED_HYPERPARAMETERS = ("lr", "weight_decay", "eps")
 
 
-def run_update(trainer, window: list[tuple[list[Example], Any]], window_tokens: int, stats: StepStats,
-               micro_step: Callable | None = None) -> None:
+class MicroStep(Protocol):
+    """Forward and backward of one non-empty micro-batch of `window`; returns the detached summed token
+    loss it contributed (this rank's), which summed over micro-batches and ranks is the window's."""
+
+    def __call__(self, ctx: UpdateContext, micro_batch: MicroBatch, window: Window) -> torch.Tensor: ...
+
+
+def own_micro_step(ctx: UpdateContext, micro_batch: MicroBatch, window: Window) -> torch.Tensor:
+    """A micro-batch through the trainer's own loss (no override; the batch is the trainer's or a
+    collator's): its summed token loss over the window's label tokens, back-propagated (`backward_share`)."""
+    batch = micro_batch.inputs(ctx.device)
+    with ctx.loss.context():
+        loss = ctx.loss.summed(ctx.module, batch)
+        backward_share(ctx.engine, ctx.ranks, loss / window.label_tokens)
+    return loss.detach()
+
+
+def run_update(ctx: UpdateContext, window: Window, stats: StepStats, micro_step: MicroStep = own_micro_step) -> None:
     """Forward/backward every micro-batch of `window`, then one update.
 
-    A micro-batch is `(examples, how)`: `how` is whether it is packed for `default_micro_step`, or the
-    collated batch for the hooks' micro-steps (`trainer.hooks`). `window_tokens` counts the window's label
-    tokens over all ranks; a window with none (a collator masked every label) is skipped before any
+    A window with no label token over all ranks (a collator masked every label) is skipped before any
     forward, on every rank alike. Callback hooks fire as in `Trainer.train`: `on_step_begin`,
     `on_substep_end` after each micro-batch but the last, `on_pre_optimizer_step`, `on_optimizer_step`,
     `on_step_end`; gradients are cleared after `on_optimizer_step`, so a callback there still sees them.
     """
-    if window_tokens == 0:
+    if window.label_tokens == 0:
         stats.skipped_updates += 1
         logger.warning("step(): skipped an optimizer update: its samples hold no label token (-100 everywhere "
                        "after the data collator), on any rank.")
         return
     random_state = _random_state()
     try:
-        loss_sum, grad_norm = _accumulate(trainer, window, window_tokens, stats, micro_step or default_micro_step)
-        _step(trainer, loss_sum, grad_norm, window_tokens, stats)
+        loss_sum, grad_norm = _accumulate(ctx, window, stats, micro_step)
+        _step(ctx, loss_sum, grad_norm, window.label_tokens, stats)
     except BaseException:
-        trainer.engine.clear_gradients(trainer.optimizer)
+        ctx.engine.clear_gradients(ctx.optimizer)
         _set_random_state(random_state)
         raise
 
 
-def _accumulate(trainer, window, window_tokens: int, stats: StepStats, micro_step: Callable) -> tuple[float, float]:
+def _accumulate(ctx: UpdateContext, window: Window, stats: StepStats, micro_step: MicroStep) -> tuple[float, float]:
     """Forward and backward over the window's micro-batches; returns (summed loss over ranks, grad norm)."""
-    args, engine = trainer.args, trainer.engine
-    model = trainer.model_wrapped
-    # transformers' name for the window's micro-batch count, read by code ported from its `training_step`.
-    trainer.current_gradient_accumulation_steps = len(window)
-    trainer.control = trainer.callback_handler.on_step_begin(args, trainer.state, trainer.control)
-    loss_sum = torch.zeros((), device=args.device)
-    for index, (examples, how) in enumerate(window):
-        last = index == len(window) - 1
-        with engine.accumulating(model, last):
-            if examples:
-                loss_sum += micro_step(trainer, model, examples, how, window_tokens, stats)
+    ctx.callbacks.fire("on_step_begin")
+    loss_sum = torch.zeros((), device=ctx.device)
+    last_index = len(window.micro_batches) - 1
+    for index, micro_batch in enumerate(window.micro_batches):
+        with ctx.engine.accumulating(ctx.module, index == last_index):
+            if micro_batch.examples:
+                stats.count(micro_batch)
+                loss_sum += micro_step(ctx, micro_batch, window)
             else:  # this rank ran out of samples: take part in the gradient sync, weightless
-                engine.backward(trainer.weightless_loss(model))
-        if not last:
-            trainer.control = trainer.callback_handler.on_substep_end(args, trainer.state, trainer.control)
-    grad_norm = engine.clip_grad_norm(model, args.max_grad_norm)
-    if trainer.ranks.is_distributed:
-        loss_sum = trainer.accelerator.reduce(loss_sum, reduction="sum")
+                ctx.engine.backward(ctx.loss.weightless(ctx.module))
+        if index != last_index:
+            ctx.callbacks.fire("on_substep_end")
+    grad_norm = ctx.engine.clip_grad_norm(ctx.module, ctx.max_grad_norm)
+    if ctx.ranks.is_distributed:
+        loss_sum = ctx.engine.accelerator.reduce(loss_sum, reduction="sum")
     loss_value, norm_value = torch.stack([loss_sum.float(), grad_norm.float().to(loss_sum.device)]).tolist()
     return loss_value, norm_value
 
 
-def default_micro_step(trainer, model, examples: list[Example], packed: bool, window_tokens: int,
-                       stats: StepStats) -> torch.Tensor:
-    """One micro-batch without collator or overrides: collated here, its summed token loss scaled by
-    world size / the window's tokens and back-propagated. Returns the detached summed loss."""
-    batch = trainer.device_batch(examples, packed)
-    stats.real_tokens += sum(e.num_real_tokens(trainer.is_encoder_decoder) for e in examples)
-    stats.padded_tokens += batch["input_ids"].numel() + (batch["labels"].numel() if trainer.is_encoder_decoder
-                                                         else 0)
-    with trainer.compute_loss_context_manager():
-        loss = trainer.summed_loss(model, batch)
-        trainer.engine.backward(loss * (trainer.ranks.world_size / window_tokens))
-    return loss.detach()
-
-
-def _step(trainer, loss_value: float, norm_value: float, window_tokens: int, stats: StepStats) -> None:
+def _step(ctx: UpdateContext, loss_value: float, norm_value: float, window_tokens: int, stats: StepStats) -> None:
     """Take the update (or skip it, with its cause), with the guard armed around the optimizer step."""
-    args, engine, optimizer = trainer.args, trainer.engine, trainer.optimizer
+    optimizer, guard, callbacks = ctx.optimizer, ctx.guard, ctx.callbacks
     cause = _gradient_problem(loss_value, norm_value)
     if cause is None:
-        trainer.control = trainer.callback_handler.on_pre_optimizer_step(args, trainer.state, trainer.control)
+        callbacks.fire("on_pre_optimizer_step")
         cause = _hyperparameter_problem(optimizer)  # after the callbacks, which may change the learning rate
     if cause is not None:
-        _skip(trainer, stats, cause)
+        _skip(ctx, stats, cause)
         return
-    guard = trainer.guard
     if guard is not None:
         guard.snapshot()
-    schedule = trainer.lr_scheduler.state_dict(), [group["lr"] for group in optimizer.param_groups]
+    schedule = ctx.lr_scheduler.state_dict(), [group["lr"] for group in optimizer.param_groups]
     try:
-        engine.step_optimizer(optimizer)
-        if not _weights_finite(trainer):
-            names = guard.non_finite_names(trainer.model)
+        ctx.engine.step_optimizer(optimizer)
+        if not _weights_finite(ctx):
+            names = guard.non_finite_names(ctx.model)
             rates = ", ".join(f"{group['lr']:g}" for group in optimizer.param_groups)
             cause = f"the weights came out non-finite ({', '.join(names) or 'on another rank'}; learning rate {rates})"
             if not guard.snapshots:
@@ -124,24 +126,24 @@ def _step(trainer, loss_value: float, norm_value: float, window_tokens: int, sta
                                    "The model is now unusable: reload it, and check the learning rate, weight "
                                    "decay and optimizer.")
             guard.restore()
-            _skip(trainer, stats, cause)
+            _skip(ctx, stats, cause)
             return
-        trainer.control = trainer.callback_handler.on_optimizer_step(args, trainer.state, trainer.control)
-        engine.clear_gradients(optimizer)
-        learning_rate = trainer._get_learning_rate()
-        trainer.lr_scheduler.step()
+        callbacks.fire("on_optimizer_step")
+        ctx.engine.clear_gradients(optimizer)
+        learning_rate = ctx.learning_rate()
+        ctx.lr_scheduler.step()
     except BaseException:
         if guard is not None:
             guard.restore()
-        trainer.lr_scheduler.load_state_dict(schedule[0])
+        ctx.lr_scheduler.load_state_dict(schedule[0])
         for group, rate in zip(optimizer.param_groups, schedule[1]):
             group["lr"] = rate
         raise
-    trainer.state.global_step += 1
+    callbacks.state.global_step += 1
     stats.record_update(loss_value, window_tokens, norm_value, learning_rate)
-    trainer.control = trainer.callback_handler.on_step_end(args, trainer.state, trainer.control)
-    if trainer.state.global_step == args.max_steps + 1:
-        logger.warning("global_step passed `max_steps`=%d: the LR schedule's horizon is over.", args.max_steps)
+    callbacks.fire("on_step_end")
+    if callbacks.state.global_step == ctx.max_steps + 1:
+        logger.warning("global_step passed `max_steps`=%d: the LR schedule's horizon is over.", ctx.max_steps)
 
 
 def _gradient_problem(loss_value: float, norm_value: float) -> str | None:
@@ -163,17 +165,17 @@ def _hyperparameter_problem(optimizer) -> str | None:
     return None
 
 
-def _skip(trainer, stats: StepStats, cause: str) -> None:
-    trainer.engine.clear_gradients(trainer.optimizer)
+def _skip(ctx: UpdateContext, stats: StepStats, cause: str) -> None:
+    ctx.engine.clear_gradients(ctx.optimizer)
     stats.skipped_updates += 1
     logger.warning("step(): skipped an optimizer update: %s. The weights were not changed.", cause)
 
 
-def _weights_finite(trainer) -> bool:
+def _weights_finite(ctx: UpdateContext) -> bool:
     """Whether every weight is finite on every rank (without a guard, under DeepSpeed, not checked)."""
-    if trainer.guard is None:
+    if ctx.guard is None:
         return True
-    return trainer.ranks.max(int(not trainer.guard.weights_finite()), trainer.args.device) == 0
+    return ctx.ranks.max(int(not ctx.guard.weights_finite()), ctx.device) == 0
 
 
 def _random_state() -> tuple:
