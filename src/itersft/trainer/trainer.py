@@ -15,11 +15,10 @@ then hand over whatever survived. Each call trains on exactly the samples given:
 
 It subclasses `transformers.Trainer`, so callbacks, `report_to`, `evaluate()`, `save_model()` and
 `push_to_hub()` work as usual. `train()` does not apply: training data arrives through `step()`.
-The parts live beside this module: `setup` (what the constructor was given), `model_facts` (what the
-model allows); one update: `micro_batch` (the unit of work), `context` (what an update works with),
-`update`, `engine` (DDP/FSDP2/DeepSpeed), `loss`, `hooks` (the user's `data_collator`, `compute_loss` and
-`training_step`); `evaluation`, `checkpoint`, `transformers_private` (the adapter to transformers'
-private `Trainer` methods), `stats`.
+The parts live beside this module: `setup` (what the constructor was given), `model_facts` (what the model
+allows); one update: `micro_batch` (the unit of work), `context` (what an update works with), `update`,
+`engine` (DDP/FSDP2/DeepSpeed), `loss`, `hooks` (the user's collator and overrides); `evaluation`,
+`checkpoint`, `transformers_private` (the adapter to transformers' private `Trainer` methods), `stats`.
 """
 
 from __future__ import annotations
