@@ -31,14 +31,14 @@ from itersft.tasks.reasoning_gym import gym_rows
 @dataclass(frozen=True)
 class PromptSource:
     """A kind of prompt source: how it reads rows from its config mapping, the keys it takes besides its
-    own name, and how it is described in `run_identity.json`; `read_held_out`, where given, reads a
-    held-out set without the training prompts' questions, and `labelled` says whether the kind can
-    hold labelled (prompt, completion) pairs."""
+    own name, and how it is described in `run_identity.json`. With `drops_training_questions`, `read`
+    also takes the training prompts and leaves their questions out of a held-out set; `labelled` says
+    whether the kind can hold labelled (prompt, completion) pairs."""
 
-    read: Callable[[str, dict[str, Any]], list[dict]]
+    read: Callable[..., list[dict]]
     keys: frozenset[str]
     describe: Callable[[dict[str, Any]], str]
-    read_held_out: Callable[[str, dict[str, Any], Sequence[Prompt]], list[dict]] | None = None
+    drops_training_questions: bool = False
     labelled: bool = True
 
 
@@ -48,7 +48,7 @@ SOURCES: dict[str, PromptSource] = {
                             lambda spec: f"dataset {spec['dataset']!r}"),
     "reasoning_gym": PromptSource(gym_rows, frozenset(),
                                   lambda spec: f"reasoning-gym {json.dumps(spec['reasoning_gym'], sort_keys=True)}",
-                                  read_held_out=gym_rows, labelled=False),
+                                  drops_training_questions=True, labelled=False),
 }
 """The source kinds, by the key that names each in a prompt set's mapping."""
 SHARED_KEYS = frozenset({"prompt_field", "meta_fields", "limit", "completion_field"})
@@ -56,15 +56,15 @@ SHARED_KEYS = frozenset({"prompt_field", "meta_fields", "limit", "completion_fie
 
 def read_rows(section: str, spec: Any, held_out_from: Sequence[Prompt] | None = None) -> list[dict]:
     """The rows of the prompt set `spec` (its keys checked), cut to `limit`; a held-out set of a kind with
-    `read_held_out` without the questions of `held_out_from` (the training prompts)."""
+    `drops_training_questions` without the questions of `held_out_from` (the training prompts)."""
     kind = source_kind(section, spec)
     unknown = sorted(set(spec) - {kind} - SOURCES[kind].keys - SHARED_KEYS)
     if unknown:
         raise ValueError(f"`{section}`: unknown key(s) {unknown}; accepted with `{kind}`: "
                          f"{sorted({kind} | SOURCES[kind].keys | SHARED_KEYS)}.")
     source = SOURCES[kind]
-    rows = (source.read_held_out(section, spec, held_out_from)
-            if held_out_from is not None and source.read_held_out is not None else source.read(section, spec))
+    rows = (source.read(section, spec, held_out_from)
+            if held_out_from is not None and source.drops_training_questions else source.read(section, spec))
     return rows[: spec["limit"]] if spec.get("limit") else rows
 
 
